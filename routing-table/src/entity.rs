@@ -11,8 +11,10 @@ use std::sync::{Arc, LazyLock};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::name::{self, HostPattern, Name, NameError};
+use crate::sharded::Named;
 
 /// The kinds of entity, also the first half of an [`EntityKey`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -267,30 +269,106 @@ fn is_default_policy(p: &Arc<SitePolicy>) -> bool {
     **p == SitePolicy::default()
 }
 
-/// A web site: host names routed to weighted backends.
+/// A web site as written in JSON: host names routed to weighted backends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Site {
+pub struct SiteSpec {
     pub name: Name,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<Name>,
     /// Served names: exact (`www.example.org`) or wildcard (`*.example.org`).
-    pub hosts: Box<[Name]>,
+    pub hosts: Vec<Name>,
     /// Names redirected permanently to the first host.
-    #[serde(default, skip_serializing_if = "<[Name]>::is_empty")]
-    pub aliases: Box<[Name]>,
-    pub backends: Box<[SiteBackend]>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<Name>,
+    pub backends: Vec<SiteBackend>,
     #[serde(default, skip_serializing_if = "Protection::is_normal")]
     pub protection: Protection,
     #[serde(default = "default_policy", skip_serializing_if = "is_default_policy")]
     pub policy: Arc<SitePolicy>,
 }
 
+/// Most host names and aliases a site may have.
+pub const MAX_SITE_NAMES: usize = 1024;
+
+/// A web site, as kept in the table: compact, since there may be millions.
+/// Hosts and aliases share one inline vector (one host costs no extra
+/// allocation); JSON goes through [`SiteSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SiteSpec", into = "SiteSpec")]
+pub struct Site {
+    pub name: Name,
+    pub member: Option<Name>,
+    names: SmallVec<[Name; 1]>,
+    host_count: u16,
+    pub backends: Box<[SiteBackend]>,
+    pub protection: Protection,
+    pub policy: Arc<SitePolicy>,
+}
+
+impl TryFrom<SiteSpec> for Site {
+    type Error = String;
+
+    fn try_from(spec: SiteSpec) -> Result<Self, String> {
+        if spec.hosts.len() + spec.aliases.len() > MAX_SITE_NAMES {
+            return Err(format!("a site has at most {MAX_SITE_NAMES} hosts and aliases"));
+        }
+        let host_count = spec.hosts.len() as u16;
+        let names = spec.hosts.into_iter().chain(spec.aliases).collect();
+        Ok(Site {
+            name: spec.name,
+            member: spec.member,
+            names,
+            host_count,
+            backends: spec.backends.into(),
+            protection: spec.protection,
+            policy: spec.policy,
+        })
+    }
+}
+
+impl From<Site> for SiteSpec {
+    fn from(site: Site) -> Self {
+        SiteSpec {
+            hosts: site.hosts().to_vec(),
+            aliases: site.aliases().to_vec(),
+            name: site.name,
+            member: site.member,
+            backends: site.backends.into(),
+            protection: site.protection,
+            policy: site.policy,
+        }
+    }
+}
+
 impl Site {
+    /// A site with default policies (tests, benchmarks, importers).
+    pub fn new(name: &str, hosts: &[&str], backends: Vec<SiteBackend>) -> Site {
+        Site {
+            name: name.into(),
+            member: None,
+            names: hosts.iter().map(|h| Name::from(*h)).collect(),
+            host_count: hosts.len() as u16,
+            backends: backends.into(),
+            protection: Protection::Normal,
+            policy: default_policy(),
+        }
+    }
+
+    /// Served names, exact or `*.` wildcard.
+    pub fn hosts(&self) -> &[Name] {
+        &self.names[..self.host_count as usize]
+    }
+
+    /// Names redirected to the first host.
+    pub fn aliases(&self) -> &[Name] {
+        &self.names[self.host_count as usize..]
+    }
+
     /// The index keys of `hosts` then `aliases`: an exact host shares the
     /// site's own string; a wildcard gives its suffix and `true`.
     pub fn host_keys(&self) -> impl Iterator<Item = HostKey> + '_ {
-        self.hosts.iter().chain(self.aliases.iter()).map(|h| match h.strip_prefix("*.") {
+        self.names.iter().map(|h| match h.strip_prefix("*.") {
             Some(suffix) => HostKey { name: suffix.into(), wildcard: true },
             None => HostKey { name: h.clone(), wildcard: false },
         })
@@ -541,6 +619,58 @@ impl Entity {
     }
 }
 
+macro_rules! named {
+    ($($t:ty => $f:ident),*) => {$(
+        impl Named for $t {
+            fn name(&self) -> &str {
+                &self.$f
+            }
+        }
+    )*};
+}
+named!(Backend => name, Member => name, Site => name, MailLogin => user, MailDomain => domain, SftpLogin => user, Database => name, DnsName => name);
+
+/// What a name inside an entity refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefTo {
+    Backend,
+    Member,
+}
+
+impl Entity {
+    /// Calls `f` on every reference this entity holds to a backend or member.
+    pub fn refs_mut(&mut self, mut f: impl FnMut(RefTo, &mut Name)) {
+        let member = match self {
+            Entity::Backend(_) | Entity::Member(_) => None,
+            Entity::Site(e) => {
+                e.backends.iter_mut().for_each(|b| f(RefTo::Backend, &mut b.backend));
+                e.member.as_mut()
+            }
+            Entity::MailLogin(e) => {
+                f(RefTo::Backend, &mut e.backend);
+                e.member.as_mut()
+            }
+            Entity::MailDomain(e) => {
+                f(RefTo::Backend, &mut e.backend);
+                e.overrides.values_mut().for_each(|b| f(RefTo::Backend, b));
+                e.member.as_mut()
+            }
+            Entity::SftpLogin(e) => {
+                f(RefTo::Backend, &mut e.backend);
+                e.member.as_mut()
+            }
+            Entity::Database(e) => {
+                f(RefTo::Backend, &mut e.server);
+                e.member.as_mut()
+            }
+            Entity::DnsName(e) => e.member.as_mut(),
+        };
+        if let Some(m) = member {
+            f(RefTo::Member, m);
+        }
+    }
+}
+
 fn opt_member(member: Option<Name>) -> Result<Option<Name>, FieldError> {
     member.map(|m| field("member", name::ident(&m))).transpose()
 }
@@ -568,14 +698,17 @@ impl Backend {
 
 impl Site {
     fn normalized(self) -> Result<Site, FieldError> {
-        if self.hosts.is_empty() {
+        if self.hosts().is_empty() {
             return Err(FieldError::new("hosts", "needs at least one host"));
         }
         if self.backends.is_empty() {
             return Err(FieldError::new("backends", "needs at least one backend"));
         }
-        let hosts = patterns("hosts", &self.hosts)?;
-        let aliases = patterns("aliases", &self.aliases)?;
+        let hosts = patterns("hosts", self.hosts())?;
+        let aliases = patterns("aliases", self.aliases())?;
+        if let Some(i) = aliases.iter().position(|a| hosts.contains(a)) {
+            return Err(FieldError::new(format!("aliases[{i}]"), "is also in `hosts`"));
+        }
         let mut backends = Vec::with_capacity(self.backends.len());
         for (i, b) in self.backends.iter().enumerate() {
             if b.weight == 0 {
@@ -596,11 +729,12 @@ impl Site {
         if is_default_policy(&policy) {
             policy = default_policy(); // share one allocation among all sites
         }
+        let host_count = hosts.len() as u16;
         Ok(Site {
             name: field("name", name::ident(&self.name))?,
             member: opt_member(self.member)?,
-            hosts,
-            aliases,
+            names: hosts.into_iter().chain(aliases).collect(),
+            host_count,
             backends: backends.into(),
             protection: self.protection,
             policy,
@@ -608,7 +742,7 @@ impl Site {
     }
 }
 
-fn patterns(what: &str, raw: &[Name]) -> Result<Box<[Name]>, FieldError> {
+fn patterns(what: &str, raw: &[Name]) -> Result<Vec<Name>, FieldError> {
     let mut out: Vec<Name> = Vec::with_capacity(raw.len());
     for (i, h) in raw.iter().enumerate() {
         let name = HostPattern::parse(h).map_err(|e| FieldError::new(format!("{what}[{i}]"), e))?.to_name();
@@ -617,7 +751,7 @@ fn patterns(what: &str, raw: &[Name]) -> Result<Box<[Name]>, FieldError> {
         }
         out.push(name);
     }
-    Ok(out.into())
+    Ok(out)
 }
 
 impl MailDomain {
@@ -717,7 +851,8 @@ mod tests {
         let b = parse(json).unwrap().normalized().unwrap();
         let (Entity::Site(a), Entity::Site(b)) = (a, b) else { panic!() };
         assert!(Arc::ptr_eq(&a.policy, &b.policy));
-        assert_eq!(&*a.hosts[0], "www.example.org");
+        assert_eq!(&*a.hosts()[0], "www.example.org");
+        assert!(a.aliases().is_empty());
         assert_eq!(&*a.backends[0].backend, "mosh1");
         assert_eq!(a.backends[0].port, 80);
         // Defaults are not written back out.

@@ -1,4 +1,4 @@
-//! A persistent map from [`Name`] to `V`, split into a fixed number of
+//! A persistent map keyed by strings, split into a fixed number of
 //! shards so that a copy-on-write update clones one small shard and a
 //! vector of shard pointers, never the whole map.
 //!
@@ -16,23 +16,47 @@ use crate::name::Name;
 const SHARD_BITS: u32 = 10;
 const SHARDS: usize = 1 << SHARD_BITS;
 
-type Shard<V> = HashTable<(Name, V)>;
+/// An entry that carries its own key: an entity keyed by its name, or a
+/// `(Name, value)` pair for indexes. Entities need not store their name a
+/// second time in the map.
+pub trait Keyed: Clone {
+    fn key(&self) -> &str;
+}
 
-/// Copy-on-write sharded hash map. `Clone` is O(1).
+impl<V: Clone> Keyed for (Name, V) {
+    fn key(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Something with a name, stored in a map as `Arc<Self>`.
+pub trait Named {
+    fn name(&self) -> &str;
+}
+
+impl<T: Named> Keyed for Arc<T> {
+    fn key(&self) -> &str {
+        (**self).name()
+    }
+}
+
+type Shard<E> = HashTable<E>;
+
+/// Copy-on-write sharded hash map of [`Keyed`] entries. `Clone` is O(1).
 #[derive(Clone)]
-pub struct ShardedMap<V> {
-    shards: Arc<Vec<Arc<Shard<V>>>>,
+pub struct ShardedMap<E> {
+    shards: Arc<Vec<Arc<Shard<E>>>>,
     len: usize,
     hasher: foldhash::fast::RandomState,
 }
 
-impl<V: Clone> Default for ShardedMap<V> {
+impl<E: Keyed> Default for ShardedMap<E> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<V: Clone> ShardedMap<V> {
+impl<E: Keyed> ShardedMap<E> {
     pub fn new() -> Self {
         // Every slot starts as the same empty shard: an empty table costs
         // one allocation per map, not one per shard.
@@ -59,60 +83,55 @@ impl<V: Clone> ShardedMap<V> {
     }
 
     /// Looks `key` up. Never allocates.
-    pub fn get(&self, key: &str) -> Option<&V> {
+    pub fn get(&self, key: &str) -> Option<&E> {
         let (hash, shard) = self.locate(key);
-        self.shards[shard].find(hash, |(k, _)| &**k == key).map(|(_, v)| v)
+        self.shards[shard].find(hash, |e| e.key() == key)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
         self.get(key).is_some()
     }
 
-    fn shard_mut(&mut self, shard: usize) -> &mut Shard<V> {
+    fn shard_mut(&mut self, shard: usize) -> &mut Shard<E> {
         Arc::make_mut(&mut Arc::make_mut(&mut self.shards)[shard])
     }
 
-    /// Inserts or replaces; returns the previous value.
-    pub fn insert(&mut self, key: Name, value: V) -> Option<V> {
-        let (hash, shard) = self.locate(&key);
+    /// Inserts or replaces the entry with the same key; returns the old one.
+    pub fn insert(&mut self, entry: E) -> Option<E> {
+        let (hash, shard) = self.locate(entry.key());
         let hasher = self.hasher.clone();
         let table = self.shard_mut(shard);
-        match table.find_mut(hash, |(k, _)| *k == key) {
-            Some(slot) => Some(std::mem::replace(&mut slot.1, value)),
+        match table.find_mut(hash, |e| e.key() == entry.key()) {
+            Some(slot) => Some(std::mem::replace(slot, entry)),
             None => {
-                table.insert_unique(hash, (key, value), |(k, _)| hasher.hash_one(&**k));
+                table.insert_unique(hash, entry, |e| hasher.hash_one(e.key()));
                 self.len += 1;
                 None
             }
         }
     }
 
-    /// Removes `key`; returns the value it had.
-    pub fn remove(&mut self, key: &str) -> Option<V> {
+    /// Removes the entry for `key` and returns it.
+    pub fn remove(&mut self, key: &str) -> Option<E> {
         let (hash, shard) = self.locate(key);
-        if self.shards[shard].find(hash, |(k, _)| &**k == key).is_none() {
-            return None; // do not clone a shard for nothing
-        }
+        self.shards[shard].find(hash, |e| e.key() == key)?; // do not clone a shard for nothing
         let table = self.shard_mut(shard);
-        let (entry, _) = table.find_entry(hash, |(k, _)| &**k == key).ok()?.remove();
+        let (entry, _) = table.find_entry(hash, |e| e.key() == key).ok()?.remove();
         self.len -= 1;
-        Some(entry.1)
+        Some(entry)
     }
 
-    /// Returns a mutable reference, cloning the shard if it is shared.
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+    /// A mutable reference, cloning the shard if it is shared. Changing the
+    /// entry's key through it is a bug.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut E> {
         let (hash, shard) = self.locate(key);
-        self.shards[shard].find(hash, |(k, _)| &**k == key)?;
-        self.shard_mut(shard).find_mut(hash, |(k, _)| &**k == key).map(|(_, v)| v)
+        self.shards[shard].find(hash, |e| e.key() == key)?;
+        self.shard_mut(shard).find_mut(hash, |e| e.key() == key)
     }
 
     /// All entries, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Name, &V)> {
-        self.shards.iter().flat_map(|s| s.iter().map(|(k, v)| (k, v)))
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.iter().map(|(_, v)| v)
+    pub fn iter(&self) -> impl Iterator<Item = &E> {
+        self.shards.iter().flat_map(|s| s.iter())
     }
 }
 
@@ -131,15 +150,15 @@ mod tests {
             for (op, key, value) in ops {
                 let key: Name = format!("k{key}").into();
                 match op {
-                    0 => prop_assert_eq!(map.insert(key.clone(), value), model.insert(key, value)),
-                    1 => prop_assert_eq!(map.remove(&key), model.remove(&key)),
+                    0 => prop_assert_eq!(map.insert((key.clone(), value)).map(|e| e.1), model.insert(key, value)),
+                    1 => prop_assert_eq!(map.remove(&key).map(|e| e.1), model.remove(&key)),
                     _ => snapshots.push((map.clone(), model.clone())),
                 }
                 prop_assert_eq!(map.len(), model.len());
             }
             // Earlier clones never see later changes.
             for (snap, model) in snapshots {
-                let mut got: Vec<_> = snap.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                let mut got: Vec<_> = snap.iter().cloned().collect();
                 got.sort();
                 let want: Vec<_> = model.into_iter().collect();
                 prop_assert_eq!(got, want);
@@ -150,11 +169,11 @@ mod tests {
     #[test]
     fn get_mut_does_not_leak_into_clones() {
         let mut a = ShardedMap::new();
-        a.insert("x".into(), 1);
+        a.insert((Name::from("x"), 1));
         let b = a.clone();
-        *a.get_mut("x").unwrap() = 2;
-        assert_eq!(a.get("x"), Some(&2));
-        assert_eq!(b.get("x"), Some(&1));
+        a.get_mut("x").unwrap().1 = 2;
+        assert_eq!(a.get("x").map(|e| e.1), Some(2));
+        assert_eq!(b.get("x").map(|e| e.1), Some(1));
         assert!(a.get_mut("y").is_none());
     }
 }

@@ -12,10 +12,10 @@ use imbl::OrdSet;
 use serde::Serialize;
 
 use crate::entity::{
-    Backend, Database, DnsName, Entity, EntityKey, HostKey, Kind, MailDomain, MailLogin, Member, SftpLogin, Site,
+    Backend, Database, DnsName, Entity, EntityKey, HostKey, Kind, RefTo, MailDomain, MailLogin, Member, SftpLogin, Site,
 };
 use crate::name::{HostBuf, Name};
-use crate::sharded::ShardedMap;
+use crate::sharded::{Named, ShardedMap};
 
 /// The routing table at one version.
 #[derive(Clone, Default)]
@@ -30,13 +30,13 @@ pub struct Snapshot {
     databases: ShardedMap<Arc<Database>>,
     dns_names: ShardedMap<Arc<DnsName>>,
     /// Exact host (and alias) → site.
-    hosts: ShardedMap<Arc<Site>>,
+    hosts: ShardedMap<(Name, Arc<Site>)>,
     /// Wildcard suffix (`example.org` for `*.example.org`) → site.
-    wildcards: ShardedMap<Arc<Site>>,
+    wildcards: ShardedMap<(Name, Arc<Site>)>,
     /// Backend → number of references to it from routes.
-    backend_refs: ShardedMap<u32>,
+    backend_refs: ShardedMap<(Name, u32)>,
     /// Member → keys of everything it owns.
-    member_index: ShardedMap<OrdSet<EntityKey>>,
+    member_index: ShardedMap<(Name, OrdSet<EntityKey>)>,
 }
 
 /// A site found for a host name.
@@ -105,12 +105,12 @@ impl Snapshot {
     pub fn site_for_host(&self, host: &str) -> Option<HostMatch<'_>> {
         let buf = HostBuf::new(host)?;
         let host = buf.as_str();
-        if let Some(site) = self.hosts.get(host) {
+        if let Some((_, site)) = self.hosts.get(host) {
             return Some(HostMatch { site, alias: is_alias(site, host), wildcard: false });
         }
         let mut rest = host;
         while let Some((_, suffix)) = rest.split_once('.') {
-            if let Some(site) = self.wildcards.get(suffix) {
+            if let Some((_, site)) = self.wildcards.get(suffix) {
                 return Some(HostMatch { site, alias: is_wildcard_alias(site, suffix), wildcard: true });
             }
             rest = suffix;
@@ -174,12 +174,12 @@ impl Snapshot {
 
     /// How many routes name this backend.
     pub fn backend_ref_count(&self, backend: &str) -> u32 {
-        self.backend_refs.get(backend).copied().unwrap_or(0)
+        self.backend_refs.get(backend).map_or(0, |e| e.1)
     }
 
     /// Keys of everything `member` owns.
     pub fn member_entities(&self, member: &str) -> Option<&OrdSet<EntityKey>> {
-        self.member_index.get(member)
+        self.member_index.get(member).map(|e| &e.1)
     }
 
     // ----- whole-entity access, for the control API and the writer -----
@@ -218,8 +218,8 @@ impl Snapshot {
 
     /// Names of every entity of `kind`, sorted.
     pub fn names(&self, kind: Kind) -> Vec<Name> {
-        fn keys<V: Clone>(m: &ShardedMap<V>) -> Vec<Name> {
-            m.iter().map(|(k, _)| k.clone()).collect()
+        fn keys<T: Named>(m: &ShardedMap<Arc<T>>) -> Vec<Name> {
+            m.iter().map(|e| Name::from(e.name())).collect()
         }
         let mut names = match kind {
             Kind::Backend => keys(&self.backends),
@@ -248,28 +248,43 @@ impl Snapshot {
     /// Inserts or replaces a normalised entity, keeping every index right.
     /// Returns the entity it replaced. Hosts claimed by another site are
     /// taken over; the caller checks that with [`Snapshot::host_owner`].
-    pub(crate) fn put(&mut self, entity: Entity) -> Option<Entity> {
+    pub(crate) fn put(&mut self, mut entity: Entity) -> Option<Entity> {
         let old = self.delete(&entity.key());
+        self.intern(&mut entity);
         self.index(&entity, 1);
         match entity {
-            Entity::Backend(e) => drop(self.backends.insert(e.name.clone(), Arc::new(e))),
-            Entity::Member(e) => drop(self.members.insert(e.name.clone(), Arc::new(e))),
+            Entity::Backend(e) => drop(self.backends.insert(Arc::new(e))),
+            Entity::Member(e) => drop(self.members.insert(Arc::new(e))),
             Entity::Site(e) => self.put_site(Arc::new(e)),
-            Entity::MailLogin(e) => drop(self.mail_logins.insert(e.user.clone(), Arc::new(e))),
-            Entity::MailDomain(e) => drop(self.mail_domains.insert(e.domain.clone(), Arc::new(e))),
-            Entity::SftpLogin(e) => drop(self.sftp_logins.insert(e.user.clone(), Arc::new(e))),
-            Entity::Database(e) => drop(self.databases.insert(e.name.clone(), Arc::new(e))),
-            Entity::DnsName(e) => drop(self.dns_names.insert(e.name.clone(), Arc::new(e))),
+            Entity::MailLogin(e) => drop(self.mail_logins.insert(Arc::new(e))),
+            Entity::MailDomain(e) => drop(self.mail_domains.insert(Arc::new(e))),
+            Entity::SftpLogin(e) => drop(self.sftp_logins.insert(Arc::new(e))),
+            Entity::Database(e) => drop(self.databases.insert(Arc::new(e))),
+            Entity::DnsName(e) => drop(self.dns_names.insert(Arc::new(e))),
         }
         old
+    }
+
+    /// Points references at the table's own copy of each backend and member
+    /// name, so a million routes to `mosh12` share one string.
+    fn intern(&self, entity: &mut Entity) {
+        entity.refs_mut(|to, name| {
+            let own = match to {
+                RefTo::Backend => self.backends.get(name).map(|b| &b.name),
+                RefTo::Member => self.members.get(name).map(|m| &m.name),
+            };
+            if let Some(own) = own {
+                *name = own.clone();
+            }
+        });
     }
 
     fn put_site(&mut self, site: Arc<Site>) {
         for key in site.host_keys() {
             let map = if key.wildcard { &mut self.wildcards } else { &mut self.hosts };
-            map.insert(key.name, site.clone());
+            map.insert((key.name, site.clone()));
         }
-        self.sites.insert(site.name.clone(), site);
+        self.sites.insert(site);
     }
 
     /// Removes an entity, keeping every index right; returns it.
@@ -298,7 +313,7 @@ impl Snapshot {
     fn unhost(&mut self, site: &Arc<Site>) {
         for key in site.host_keys() {
             let map = if key.wildcard { &mut self.wildcards } else { &mut self.hosts };
-            if map.get(&key.name).is_some_and(|owner| owner.name == site.name) {
+            if map.get(&key.name).is_some_and(|(_, owner)| owner.name == site.name) {
                 map.remove(&key.name);
             }
         }
@@ -307,20 +322,20 @@ impl Snapshot {
     /// The site that currently serves this host pattern.
     pub(crate) fn host_owner(&self, key: &HostKey) -> Option<&Arc<Site>> {
         let map = if key.wildcard { &self.wildcards } else { &self.hosts };
-        map.get(&key.name)
+        map.get(&key.name).map(|(_, site)| site)
     }
 
     fn index(&mut self, entity: &Entity, delta: i64) {
         for backend in entity.backends() {
-            let count = self.backend_refs.get(backend).copied().unwrap_or(0) as i64 + delta;
+            let count = i64::from(self.backend_ref_count(backend)) + delta;
             if count > 0 {
-                self.backend_refs.insert(backend.clone(), count as u32);
+                self.backend_refs.insert((backend.clone(), count as u32));
             } else {
                 self.backend_refs.remove(backend);
             }
         }
         if let Some(member) = entity.member() {
-            let mut set = self.member_index.get(member).cloned().unwrap_or_default();
+            let mut set = self.member_entities(member).cloned().unwrap_or_default();
             if delta > 0 {
                 set.insert(entity.key());
             } else {
@@ -329,7 +344,7 @@ impl Snapshot {
             if set.is_empty() {
                 self.member_index.remove(member);
             } else {
-                self.member_index.insert(member.clone(), set);
+                self.member_index.insert((member.clone(), set));
             }
         }
     }
@@ -337,11 +352,8 @@ impl Snapshot {
     /// Every entity that routes to `backend` (a scan of the routes: used by
     /// evacuation, which is rare and touches that many routes anyway).
     pub(crate) fn users_of_backend(&self, backend: &str) -> Vec<EntityKey> {
-        fn scan<V>(out: &mut Vec<EntityKey>, kind: Kind, m: &ShardedMap<Arc<V>>, uses: impl Fn(&V) -> bool)
-        where
-            Arc<V>: Clone,
-        {
-            out.extend(m.iter().filter(|(_, v)| uses(v)).map(|(k, _)| EntityKey { kind, name: k.clone() }));
+        fn scan<V: Named>(out: &mut Vec<EntityKey>, kind: Kind, m: &ShardedMap<Arc<V>>, uses: impl Fn(&V) -> bool) {
+            out.extend(m.iter().filter(|v| uses(v)).map(|v| EntityKey { kind, name: v.name().into() }));
         }
         let mut out = Vec::new();
         if self.backend_ref_count(backend) == 0 {
@@ -360,11 +372,11 @@ impl Snapshot {
 }
 
 fn is_alias(site: &Site, host: &str) -> bool {
-    site.aliases.iter().any(|a| &**a == host)
+    site.aliases().iter().any(|a| &**a == host)
 }
 
 fn is_wildcard_alias(site: &Site, suffix: &str) -> bool {
-    site.aliases.iter().any(|a| a.strip_prefix("*.") == Some(suffix))
+    site.aliases().iter().any(|a| a.strip_prefix("*.") == Some(suffix))
 }
 
 fn unwrap_arc<T: Clone>(a: Arc<T>) -> T {

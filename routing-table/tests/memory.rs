@@ -1,0 +1,54 @@
+//! Memory per site route (one host, one backend, default policies) must stay
+//! at or under 300 bytes, counted as malloc's real chunk sizes
+//! (`malloc_usable_size`), indexes included.
+#![allow(unsafe_code)] // a counting global allocator needs it
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use routing_table::entity::{Backend, Site, SiteBackend};
+use routing_table::transaction::build;
+use routing_table::Entity;
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(unsafe { libc::malloc_usable_size(p.cast()) } as isize, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(unsafe { libc::malloc_usable_size(p.cast()) } as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, layout) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+pub fn sites(n: usize, backends: usize) -> Vec<Entity> {
+    let mut out: Vec<Entity> = (0..backends)
+        .map(|b| Entity::Backend(Backend { name: format!("mosh{b}").into(), addresses: vec![[10, 0, 0, b as u8].into()], state: Default::default() }))
+        .collect();
+    out.extend((0..n).map(|i| {
+        let backend = SiteBackend { backend: format!("mosh{}", i % backends).into(), port: 80, weight: 1 };
+        Entity::Site(Site::new(&format!("site-{i}"), &[&format!("www.member-{i}.example.org")], vec![backend]))
+    }));
+    out
+}
+
+#[test]
+fn a_site_route_costs_at_most_300_bytes() {
+    const N: usize = 100_000;
+    let base = LIVE.load(Ordering::Relaxed);
+    let snapshot = build(1, sites(N, 100)).unwrap();
+    let used = LIVE.load(Ordering::Relaxed) - base;
+    let per_route = used as f64 / N as f64;
+    println!("{N} site routes: {used} bytes live, {per_route:.1} bytes per route");
+    assert_eq!(snapshot.counts().sites, N);
+    assert!(per_route <= 300.0, "{per_route:.1} bytes per site route");
+}
