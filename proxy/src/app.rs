@@ -1,0 +1,137 @@
+//! The `edge` process: opens the store and the table, seeds a first start,
+//! binds every listener, and serves until told to stop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prometheus::{IntGaugeVec, Opts, Registry};
+use routing_table::{ApplyError, OpenError, SqliteStore, Store, StoreError, Table, TableMetrics, Transaction, Who};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, StoreConfig};
+use crate::control::{self, Api, ControlListener};
+
+/// Why Edge could not start. Each names what it was working on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("seed file {path}: {message}")]
+    Seed { path: PathBuf, message: String },
+    #[error(transparent)]
+    Control(#[from] control::BindError),
+    #[error("admin listener {addr}: {source}")]
+    Admin { addr: SocketAddr, source: std::io::Error },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A started Edge: table open, listeners bound, nothing served yet.
+pub struct Edge {
+    table: Table,
+    registry: Registry,
+    control: ControlListener,
+    admin: TcpListener,
+}
+
+impl Edge {
+    /// Opens the store and binds every listener of `config`.
+    pub async fn start(config: &Config) -> Result<Edge, StartError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+        let registry = Registry::new();
+        let info = IntGaugeVec::new(Opts::new("edge_build_info", "Edge build information."), &["version"])?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(info))?;
+        let store: Box<dyn Store> = match &config.store {
+            StoreConfig::Sqlite { path } => Box::new(SqliteStore::open(path)?),
+        };
+        let table = Table::open(store, TableMetrics::register(&registry)?)?;
+        if table.load().version() == 0 {
+            if let Some(seed) = &config.seed {
+                seed_table(&table, seed).await?;
+            }
+        }
+        let control = ControlListener::bind(&config.control).await?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| StartError::Admin { addr: config.admin_listen, source })?;
+        tracing::info!(
+            version = table.load().version(),
+            store = table.store_description(),
+            control = %control.path().display(),
+            admin = %config.admin_listen,
+            "edge started"
+        );
+        Ok(Edge { table, registry, control, admin })
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        crate::admin::local_addr(&self.admin)
+    }
+
+    pub fn control_path(&self) -> &Path {
+        self.control.path()
+    }
+
+    /// Serves until `shutdown` turns true; `reload` receives new configs
+    /// (SIGHUP) and applies what can change live.
+    pub async fn serve(self, shutdown: watch::Receiver<bool>, mut reload: watch::Receiver<Option<Config>>) {
+        let access = self.control.access_handle();
+        let api = Arc::new(Api::new(self.table.clone()));
+        let control = tokio::spawn(self.control.serve(api, shutdown.clone()));
+        let admin = tokio::spawn(crate::admin::serve(self.admin, self.registry, shutdown.clone()));
+        let reloader = tokio::spawn(async move {
+            while reload.changed().await.is_ok() {
+                let next = reload.borrow_and_update().clone();
+                if let Some(config) = next {
+                    access.store(Arc::new(config.control.access.clone()));
+                    tracing::info!(path = %config.path.display(), "configuration reloaded: control allow-list");
+                }
+            }
+        });
+        let _ = control.await;
+        let _ = admin.await;
+        reloader.abort();
+        tracing::info!(version = self.table.load().version(), "edge stopped");
+    }
+}
+
+/// Applies the seed transaction file to an empty table.
+async fn seed_table(table: &Table, path: &Path) -> Result<(), StartError> {
+    let txn = read_transaction(path).map_err(|message| StartError::Seed { path: path.into(), message })?;
+    let done = table.apply(txn, Who::internal("seed")).await.map_err(|e: ApplyError| StartError::Seed {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    tracing::info!(path = %path.display(), version = done.version, changed = done.changes.len(), "seeded an empty table");
+    Ok(())
+}
+
+/// Reads a transaction file, with errors that name the field.
+pub fn read_transaction(path: &Path) -> Result<Transaction, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    crate::control::api::decode_json(&bytes).map_err(|e| e.to_string())
+}
+
+/// Checks `config` the way a start would, without touching the store or
+/// binding anything: the file, and the seed file against an empty table.
+pub fn check(config: &Config) -> Result<(), String> {
+    if let Some(seed) = &config.seed {
+        let txn = read_transaction(seed).map_err(|e| format!("seed file {}: {e}", seed.display()))?;
+        routing_table::transaction::apply(&routing_table::Snapshot::empty(), &txn)
+            .map_err(|e| format!("seed file {}: {e}", seed.display()))?;
+    }
+    Ok(())
+}

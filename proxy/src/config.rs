@@ -1,0 +1,273 @@
+//! `edge.toml`: serde `File*` structs that mirror the file (unknown keys
+//! refused), validated into [`Config`], whose values are all usable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration was refused; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {reason}")]
+    Invalid { path: PathBuf, key: &'static str, reason: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    edge: FileEdge,
+    #[serde(default)]
+    store: FileStore,
+    #[serde(default)]
+    control: FileControl,
+    #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default)]
+    log: FileLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEdge {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+}
+
+impl Default for FileEdge {
+    fn default() -> Self {
+        Self { data_dir: default_data_dir() }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    "var".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStore {
+    #[serde(default = "default_store_kind")]
+    kind: String,
+    #[serde(default = "default_store_path")]
+    path: PathBuf,
+    #[serde(default)]
+    seed: Option<PathBuf>,
+}
+
+impl Default for FileStore {
+    fn default() -> Self {
+        Self { kind: default_store_kind(), path: default_store_path(), seed: None }
+    }
+}
+
+fn default_store_kind() -> String {
+    "sqlite".into()
+}
+fn default_store_path() -> PathBuf {
+    "edge.db".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileControl {
+    #[serde(default)]
+    socket: Option<PathBuf>,
+    #[serde(default = "default_mode")]
+    mode: String,
+    #[serde(default)]
+    allow_uids: Vec<u32>,
+    #[serde(default)]
+    allow_gids: Vec<u32>,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+}
+
+impl Default for FileControl {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            mode: default_mode(),
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+            max_body_bytes: default_max_body(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_mode() -> String {
+    "0660".into()
+}
+fn default_max_body() -> usize {
+    16 << 20
+}
+fn default_max_connections() -> usize {
+    64
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: SocketAddr,
+}
+
+impl Default for FileAdmin {
+    fn default() -> Self {
+        Self { listen: default_admin_listen() }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9180))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    #[serde(default = "default_log_level")]
+    level: String,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        Self { level: default_log_level() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Which durable store holds the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreConfig {
+    Sqlite { path: PathBuf },
+}
+
+/// Who may use the control socket, besides root and Edge's own uid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+/// The control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+    pub mode: u32,
+    pub access: Access,
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    /// Transaction file applied on a first start with an empty store.
+    pub seed: Option<PathBuf>,
+    pub control: ControlConfig,
+    pub admin_listen: SocketAddr,
+    pub log_level: String,
+}
+
+impl Config {
+    /// Reads and checks `path`. Relative paths in it are relative to the
+    /// current directory, as with nginx's `-p`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks configuration text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let invalid = |key, reason: String| ConfigError::Invalid { path: path.into(), key, reason };
+        let data_dir = file.edge.data_dir;
+        let store = match file.store.kind.as_str() {
+            "sqlite" => StoreConfig::Sqlite { path: data_dir.join(&file.store.path) },
+            other => return Err(invalid("store.kind", format!("`{other}` is not a store kind (expected \"sqlite\")"))),
+        };
+        let mode = u32::from_str_radix(file.control.mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| invalid("control.mode", format!("`{}` is not an octal file mode like \"0660\"", file.control.mode)))?;
+        if file.control.max_body_bytes < 1024 {
+            return Err(invalid("control.max_body_bytes", "must be at least 1024".into()));
+        }
+        if file.control.max_connections == 0 {
+            return Err(invalid("control.max_connections", "must be at least 1".into()));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&file.log.level).is_err() {
+            return Err(invalid("log.level", format!("`{}` is not a level or filter", file.log.level)));
+        }
+        let seed = file.store.seed.filter(|p| !p.as_os_str().is_empty());
+        Ok(Config {
+            path: path.into(),
+            control: ControlConfig {
+                socket: file.control.socket.unwrap_or_else(|| data_dir.join("control.sock")),
+                mode,
+                access: Access { uids: file.control.allow_uids, gids: file.control.allow_gids },
+                max_body_bytes: file.control.max_body_bytes,
+                max_connections: file.control.max_connections,
+            },
+            data_dir,
+            store,
+            seed,
+            admin_listen: file.admin.listen,
+            log_level: file.log.level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("edge.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let text = include_str!("../../config/edge.toml");
+        let c = parse(text).unwrap();
+        assert!(c.admin_listen.ip().is_loopback());
+        assert_eq!(c.control.mode, 0o660);
+    }
+
+    #[test]
+    fn empty_file_gets_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.control.socket, PathBuf::from("var/control.sock"));
+        assert_eq!(c.store, StoreConfig::Sqlite { path: "var/edge.db".into() });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("[control]\nsockets = \"x\"\n").unwrap_err();
+        assert!(e.contains("unknown field `sockets`"), "{e}");
+        let e = parse("[control]\nmode = \"999\"\n").unwrap_err();
+        assert!(e.contains("`control.mode`"), "{e}");
+        let e = parse("[admin]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        let e = parse("[store]\nkind = \"etcd\"\n").unwrap_err();
+        assert!(e.contains("`store.kind`"), "{e}");
+    }
+}

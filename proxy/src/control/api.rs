@@ -1,0 +1,356 @@
+//! The `/v1` control API: requests in, JSON out. Every error is a JSON
+//! object `{"error": {"status", "message", "field"?, "op"?}}` and changes
+//! nothing. See `docs/control-api.md` for each endpoint.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use routing_table::{ApplyError, Kind, Op, Recipient, Table, Transaction, TxnError, Who};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::Peer;
+
+/// Most history entries one request returns.
+pub const MAX_HISTORY: usize = 1000;
+
+/// The control API over one table.
+pub struct Api {
+    table: Table,
+}
+
+/// An error reply.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    op: Option<usize>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), field: None, op: None }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.op, &self.field) {
+            (Some(op), Some(field)) => write!(f, "ops[{op}].{field}: {}", self.message),
+            (None, Some(field)) => write!(f, "{field}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl From<TxnError> for ApiError {
+    fn from(e: TxnError) -> Self {
+        let message = e.to_string();
+        match e {
+            TxnError::VersionConflict { .. } => Self::new(StatusCode::CONFLICT, message),
+            TxnError::Invalid { op, field, reason } => {
+                Self { status: StatusCode::UNPROCESSABLE_ENTITY, message: reason, field: Some(field), op: Some(op) }
+            }
+            _ => Self::new(StatusCode::UNPROCESSABLE_ENTITY, message),
+        }
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Rejected(t) => t.into(),
+            ApplyError::NoSuchVersion(_) => Self::not_found(e.to_string()),
+            ApplyError::Unchanged(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            other => {
+                tracing::error!(error = %other, "control request failed inside");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+            }
+        }
+    }
+}
+
+type Reply = Result<Value, ApiError>;
+
+/// Body of the move endpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveBody {
+    to: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    databases_to: Option<String>,
+    #[serde(default)]
+    if_version: Option<u64>,
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    to: u64,
+    #[serde(default)]
+    if_version: Option<u64>,
+}
+
+impl Api {
+    pub fn new(table: Table) -> Self {
+        Self { table }
+    }
+
+    /// Answers one request. Never panics on input; always JSON.
+    pub async fn handle(&self, req: Request<Incoming>, peer: Peer, max_body: usize) -> Response<Full<Bytes>> {
+        let reply = if peer.allowed {
+            self.route(req, peer, max_body).await
+        } else {
+            Err(ApiError::new(StatusCode::FORBIDDEN, format!("uid {} is not allowed on the control socket", peer.uid)))
+        };
+        match reply {
+            Ok(body) => respond(StatusCode::OK, &body),
+            Err(e) => respond(e.status, &json!({ "error": e })),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: Peer, max_body: usize) -> Reply {
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        let query = parse_query(req.uri().query());
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let who = Who { origin: "control".into(), uid: Some(peer.uid), gid: Some(peer.gid), pid: peer.pid };
+        match (req.method().clone(), segments.as_slice()) {
+            (Method::GET, ["v1", "status"]) => Ok(self.status()),
+            (Method::GET, ["v1", "table"]) => Ok(self.table_all()),
+            (Method::GET, ["v1", "table", kind]) => self.table_kind(kind),
+            (Method::GET, ["v1", "table", kind, name]) => self.table_entity(kind, name),
+            (Method::GET, ["v1", "lookup"]) => self.lookup(&query),
+            (Method::POST, ["v1", "transactions"]) => {
+                let txn = read_json(req, max_body).await?;
+                self.commit(txn, who, flag(&query, "dry_run")).await
+            }
+            (Method::POST, ["v1", "transactions", "dry-run"]) => self.commit(read_json(req, max_body).await?, who, true).await,
+            (Method::POST, ["v1", kind @ ("sites" | "members" | "backends"), name, action @ ("move" | "evacuate")]) => {
+                let body: MoveBody = read_json(req, max_body).await?;
+                let op = move_op(kind, action, name, &body)?;
+                let txn = Transaction { if_version: body.if_version, comment: body.comment, ops: vec![op] };
+                self.commit(txn, who, body.dry_run).await
+            }
+            (Method::GET, ["v1", "history"]) => self.history(&query).await,
+            (Method::GET, ["v1", "history", version]) => {
+                let entry = self.table.history_entry(number(version, "version")?).await?;
+                Ok(json!(entry))
+            }
+            (Method::GET, ["v1", "diff"]) => self.diff(&query).await,
+            (Method::POST, ["v1", "rollback"]) => {
+                let body: RollbackBody = read_json(req, max_body).await?;
+                let done = self.table.rollback(body.to, body.if_version, who).await?;
+                Ok(json!({ "version": done.version, "changes": done.changes }))
+            }
+            (_, ["v1", "status" | "table" | "lookup" | "history" | "diff"])
+            | (_, ["v1", "table" | "history", ..])
+            | (_, ["v1", "transactions" | "rollback", ..]) => {
+                Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method())))
+            }
+            _ => Err(ApiError::not_found(format!("no endpoint {path}; see docs/control-api.md"))),
+        }
+    }
+
+    fn status(&self) -> Value {
+        let snap = self.table.load();
+        json!({
+            "version": snap.version(),
+            "store": self.table.store_description(),
+            "uptime_secs": self.table.uptime().as_secs(),
+            "counts": snap.counts(),
+            "pid": std::process::id(),
+        })
+    }
+
+    fn table_all(&self) -> Value {
+        let snap = self.table.load();
+        json!({ "version": snap.version(), "entities": snap.entities() })
+    }
+
+    fn table_kind(&self, kind: &str) -> Reply {
+        let kind = parse_kind(kind)?;
+        let snap = self.table.load();
+        let entities: Vec<_> = snap.names(kind).iter().filter_map(|n| snap.get_by(kind, n)).collect();
+        Ok(json!({ "version": snap.version(), "kind": kind, "entities": entities }))
+    }
+
+    fn table_entity(&self, kind: &str, raw: &str) -> Reply {
+        let kind = parse_kind(kind)?;
+        let name = percent_decode(raw);
+        let normalized = kind.normalize_name(&name).map_err(|e| ApiError::bad(format!("{kind} name `{name}` {e}")))?;
+        let snap = self.table.load();
+        let entity = snap.get_by(kind, &normalized).ok_or_else(|| ApiError::not_found(format!("no {kind} `{normalized}`")))?;
+        Ok(json!({ "version": snap.version(), "entity": entity }))
+    }
+
+    fn lookup(&self, query: &HashMap<String, String>) -> Reply {
+        let snap = self.table.load();
+        let version = snap.version();
+        let backend = |name: &str| snap.backend(name).map(|b| json!(b));
+        if let Some(host) = query.get("host") {
+            let m = snap.site_for_host(host).ok_or_else(|| ApiError::not_found(format!("no site serves `{host}`")))?;
+            let backends: Vec<_> = m.site.backends.iter().map(|b| json!({"backend": backend(&b.backend), "port": b.port, "weight": b.weight})).collect();
+            return Ok(json!({ "version": version, "site": m.site.name, "alias": m.alias, "wildcard": m.wildcard, "protection": m.site.protection, "backends": backends }));
+        }
+        if let Some(user) = query.get("mail_user") {
+            let l = snap.mail_login(user).ok_or_else(|| ApiError::not_found(format!("no mail login `{user}`")))?;
+            return Ok(json!({ "version": version, "mail_login": l.user, "backend": backend(&l.backend) }));
+        }
+        if let Some(rcpt) = query.get("recipient") {
+            return match snap.recipient(rcpt) {
+                Recipient::Routed(b) => Ok(json!({ "version": version, "recipient": rcpt, "backend": b })),
+                Recipient::Unavailable => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend missing")),
+                Recipient::UnknownDomain => Err(ApiError::not_found(format!("no mail domain for `{rcpt}`"))),
+            };
+        }
+        if let Some(user) = query.get("sftp_user") {
+            let l = snap.sftp_login(user).ok_or_else(|| ApiError::not_found(format!("no sftp login `{user}`")))?;
+            return Ok(json!({ "version": version, "sftp_login": l.user, "backend": backend(&l.backend) }));
+        }
+        if let Some(db) = query.get("database") {
+            let d = snap.database(db).ok_or_else(|| ApiError::not_found(format!("no database `{db}`")))?;
+            return Ok(json!({ "version": version, "database": d.name, "backend": backend(&d.server) }));
+        }
+        Err(ApiError::bad("give one of host, mail_user, recipient, sftp_user, database"))
+    }
+
+    async fn commit(&self, txn: Transaction, who: Who, dry_run: bool) -> Reply {
+        if dry_run {
+            let d = self.table.dry_run(&txn)?;
+            return Ok(json!({ "dry_run": true, "version": d.version, "changes": d.changes }));
+        }
+        let done = self.table.apply(txn, who).await?;
+        Ok(json!({ "version": done.version, "changes": done.changes }))
+    }
+
+    async fn history(&self, query: &HashMap<String, String>) -> Reply {
+        let before = query.get("before").map(|v| number(v, "before")).transpose()?;
+        let limit = query.get("limit").map(|v| number(v, "limit")).transpose()?.unwrap_or(50).min(MAX_HISTORY as u64);
+        let entries = self.table.history(before, limit as usize).await?;
+        Ok(json!({ "version": self.table.load().version(), "entries": entries }))
+    }
+
+    async fn diff(&self, query: &HashMap<String, String>) -> Reply {
+        let from = number(query.get("from").ok_or_else(|| ApiError::bad("`from` is required"))?, "from")?;
+        let to = match query.get("to") {
+            Some(v) => number(v, "to")?,
+            None => self.table.load().version(),
+        };
+        let changes = self.table.diff(from, to).await?;
+        Ok(json!({ "from": from, "to": to, "changes": changes }))
+    }
+}
+
+fn move_op(kind: &str, action: &str, name: &str, body: &MoveBody) -> Result<Op, ApiError> {
+    let name = percent_decode(name);
+    let to = body.to.clone();
+    match (kind, action) {
+        ("sites", "move") => Ok(Op::MoveSite { site: name, to, from: body.from.clone() }),
+        ("members", "move") => Ok(Op::MoveMember { member: name, to, databases_to: body.databases_to.clone() }),
+        ("backends", "evacuate") => Ok(Op::EvacuateBackend { from: name, to }),
+        _ => Err(ApiError::not_found(format!("no endpoint /v1/{kind}/{{name}}/{action}"))),
+    }
+}
+
+fn parse_kind(raw: &str) -> Result<Kind, ApiError> {
+    Kind::parse(raw).ok_or_else(|| {
+        let kinds: Vec<_> = Kind::ALL.iter().map(|k| format!("{k}s")).collect();
+        ApiError::not_found(format!("`{raw}` is not a kind; kinds are {}", kinds.join(", ")))
+    })
+}
+
+fn number(raw: &str, what: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| ApiError { field: Some(what.into()), ..ApiError::bad(format!("`{what}` must be a version number, not `{raw}`")) })
+}
+
+fn flag(query: &HashMap<String, String>, name: &str) -> bool {
+    query.get(name).is_some_and(|v| matches!(v.as_str(), "" | "1" | "true" | "yes"))
+}
+
+fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+fn percent_decode(raw: &str) -> String {
+    form_urlencoded::parse(format!("x={raw}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+}
+
+/// Reads a JSON body of at most `max` bytes into `T`, naming the field of
+/// any error.
+async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, max: usize) -> Result<T, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {max} bytes"));
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
+        Err(e) => return Err(ApiError::bad(format!("could not read the request body: {e}"))),
+    };
+    decode_json(&body)
+}
+
+/// Decodes a JSON request body; errors carry the path of the bad field.
+pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError { field: (path != ".").then_some(path), ..ApiError::bad(format!("invalid JSON: {}", e.inner())) }
+    })?;
+    de.end().map_err(|e| ApiError::bad(format!("invalid JSON: {e}")))?;
+    Ok(value)
+}
+
+fn respond(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_vec_pretty(body).unwrap_or_default();
+    text.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_errors_name_the_field() {
+        let e = decode_json::<Transaction>(br#"{"ops":[{"op":"move_site","site":"x","too":"y"}]}"#).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("unknown field `too`"), "{}", e.message);
+        assert_eq!(e.field.as_deref(), Some("ops[0]"));
+        let e = decode_json::<Transaction>(br#"{"ops":[], "if_version": "x"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("if_version"));
+        let e = decode_json::<Transaction>(br#"{"ops":[]} trailing"#).unwrap_err();
+        assert!(e.message.contains("trailing"), "{}", e.message);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("alice%40alice.test"), "alice@alice.test");
+    }
+}

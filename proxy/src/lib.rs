@@ -1,0 +1,22 @@
+//! The Edge process: every listener reads one routing table.
+//!
+//! - [`app::Edge`]: opens the store and the [`routing_table::Table`], seeds a
+//!   first start, binds the listeners and serves (entry point:
+//!   [`app::Edge::start`], then [`app::Edge::serve`]).
+//! - [`control`]: the control socket (HTTP/JSON over a Unix socket) and its
+//!   client, used by `edgectl`.
+//! - [`admin`]: Prometheus `/metrics`.
+//! - [`config`]: `edge.toml`, checked into [`config::Config`].
+//!
+//! Later services (HTTP proxy, mail and SFTP forwarders, dnsd) plug into
+//! [`app::Edge`] and read the same table.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod control;
+pub mod edgectl;
+pub mod signals;
+
+pub use app::Edge;
+pub use config::Config;
