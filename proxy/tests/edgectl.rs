@@ -1,0 +1,109 @@
+//! `edgectl` and `edge check-config` as an admin runs them: the README tour
+//! against a real `edge` process.
+
+#[path = "support/edge.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::{write_config, EdgeProcess};
+
+fn edgectl(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgectl")).arg("--config").arg(config).args(args).output().unwrap()
+}
+
+fn ok(config: &Path, args: &[&str]) -> String {
+    let out = edgectl(config, args);
+    assert!(out.status.success(), "edgectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_tour() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut edge = EdgeProcess::spawn(&config, &dir.path().join("var/control.sock"));
+    edge.ready().await;
+    let config = config.as_path();
+
+    let status = ok(config, &["status"]);
+    assert!(status.starts_with("version 1\n"), "{status}");
+    assert!(status.contains("1 sites (3 hosts)"), "{status}");
+
+    let added = ok(config, &["site", "add", "shop", "--host", "shop.bob.test", "--host", "*.shop.bob.test", "--backend", "mosh12:8081@2"]);
+    assert!(added.starts_with("version 2: 1 change(s)\n  + site shop"), "{added}");
+    let dry = ok(config, &["site", "move", "shop", "--to", "mosh40", "--dry-run"]);
+    assert!(dry.starts_with("dry run: would make version 3"), "{dry}");
+    let moved = ok(config, &["site", "move", "shop", "--to", "mosh40"]);
+    assert!(moved.contains(r#"backends: [{"backend":"mosh12","port":8081,"weight":2}] -> [{"backend":"mosh40","port":8081,"weight":2}]"#), "{moved}");
+    let shown = ok(config, &["site", "show", "shop"]);
+    assert!(shown.starts_with("version 3\n") && shown.contains("\"backend\": \"mosh40\""), "{shown}");
+    let lookup = ok(config, &["lookup", "host", "www.shop.bob.test"]);
+    assert!(lookup.contains("\"site\": \"shop\"") && lookup.contains("127.0.0.40"), "{lookup}");
+
+    let history = ok(config, &["history"]);
+    assert!(history.contains("move site shop -> mosh40") && history.contains("add site shop"), "{history}");
+    let diff = ok(config, &["diff", "1", "3"]);
+    assert!(diff.starts_with("from version 1 to 3: 1 change(s)\n  + site shop"), "{diff}");
+
+    let member = ok(config, &["member", "move", "alice", "--to", "mosh40", "--databases-to", "mosh12"]);
+    assert!(member.starts_with("version 4: 4 change(s)"), "{member}");
+    let rolled = ok(config, &["rollback", "1"]);
+    assert!(rolled.starts_with("version 5: 5 change(s)"), "{rolled}");
+    let sites = ok(config, &["--json", "get", "sites"]);
+    let sites: serde_json::Value = serde_json::from_str(&sites).unwrap();
+    assert_eq!(sites["entities"].as_array().unwrap().len(), 1);
+
+    // Errors: non-zero exit and the server's message on stderr.
+    let out = edgectl(config, &["site", "add", "x", "--host", "blog.alice.test", "--backend", "mosh12"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ops[0].entity.hosts: `blog.alice.test` already belongs to site `alice-blog` (422"), "{err}");
+    let out = edgectl(config, &["site", "move", "alice-blog", "--to", "nowhere"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no backend `nowhere`"));
+    let out = Command::new(env!("CARGO_BIN_EXE_edgectl")).args(["--socket", "/nonexistent/sock", "status"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is edge running?"));
+
+    // apply FILE, dry run first.
+    let file = dir.path().join("txn.json");
+    std::fs::write(&file, r#"{"ops":[{"op":"set_backend_state","backend":"mosh12","state":"draining"}]}"#).unwrap();
+    let f = file.to_str().unwrap();
+    assert!(ok(config, &["apply", f, "--dry-run"]).starts_with("dry run"));
+    assert!(ok(config, &["apply", f]).contains("state: \"up\" -> \"draining\""));
+
+    assert!(edge.terminate().success(), "edge did not stop cleanly on SIGTERM");
+    assert!(!dir.path().join("var/control.sock").exists(), "socket left behind");
+}
+
+#[test]
+fn check_config_accepts_good_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(dir.path(), "");
+    let out = Command::new(env!("CARGO_BIN_EXE_edge")).arg("--config").arg(&good).arg("check-config").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/edge.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .arg("--config")
+        .arg(&shipped)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[control]\nmode = \"rw\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edge")).arg("--config").arg(&bad).arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`control.mode`"));
+
+    let seed = dir.path().join("seed.json");
+    std::fs::write(&seed, r#"{"ops":[{"op":"put","entity":{"kind":"site","name":"s","hosts":["a.test"],"backends":[{"backend":"ghost"}]}}]}"#).unwrap();
+    let cfg = dir.path().join("seeded.toml");
+    std::fs::write(&cfg, format!("[store]\nseed = \"{}\"\n", seed.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edge")).arg("--config").arg(&cfg).arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend `ghost`"));
+}

@@ -1,0 +1,79 @@
+//! Interop: a real Prometheus (Debian package `prometheus`, installed by
+//! scripts/test.sh) scrapes Edge's `/metrics` and sees the table's series,
+//! including a version published after it started scraping.
+
+#[path = "support/edge.rs"]
+mod support;
+
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+use support::{eventually, TestEdge};
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Asks Prometheus for `query`; returns the first sample's value.
+async fn query(port: u16, query: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{port}/api/v1/query");
+    let q = query.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl").args(["-sS", "-m", "5", "-G", &url, "--data-urlencode"]).arg(format!("query={q}")).output()
+    })
+    .await
+    .ok()?
+    .ok()?;
+    let body: Value = serde_json::from_slice(&out.stdout).ok()?;
+    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_table_metrics() {
+    let binary = std::path::Path::new("/usr/bin/prometheus");
+    assert!(binary.exists(), "Prometheus is not installed: run scripts/test.sh, or apt-get install prometheus");
+    let edge = TestEdge::start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: edge\n    static_configs:\n      - targets: ['{}']\n", edge.admin),
+    )
+    .unwrap();
+    let port = free_port();
+    let _prom = Prometheus(
+        Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+
+    let up = eventually(60, "Prometheus to scrape Edge", || query(port, "up{job=\"edge\"}")).await;
+    assert_eq!(up, 1.0);
+    let version = eventually(30, "edge_table_version", || query(port, "edge_table_version")).await;
+    assert_eq!(version, 1.0);
+    let sites = query(port, "edge_table_entities{kind=\"site\"}").await;
+    assert_eq!(sites, Some(1.0));
+
+    let moved = edge.client.post("/v1/sites/alice-blog/move", &json!({"to": "mosh40"})).await.unwrap();
+    assert_eq!(moved.body["version"], 2);
+    eventually(30, "the new version in Prometheus", || async { (query(port, "edge_table_version").await? == 2.0).then_some(()) }).await;
+    let applied = query(port, "edge_table_transactions_total{result=\"applied\"}").await;
+    assert_eq!(applied, Some(2.0)); // the seed and the move
+    let published = query(port, "edge_table_publish_seconds_count").await;
+    assert_eq!(published, Some(2.0));
+    edge.stop().await;
+}
