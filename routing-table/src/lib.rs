@@ -14,6 +14,7 @@
 //! Entry point: [`Table::open`].
 
 pub mod entity;
+pub mod fixtures;
 pub mod metrics;
 pub mod name;
 pub mod sharded;

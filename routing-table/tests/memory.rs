@@ -6,9 +6,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use routing_table::entity::{Backend, Site, SiteBackend};
+use routing_table::fixtures::sites;
 use routing_table::transaction::build;
-use routing_table::Entity;
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -29,17 +28,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static A: Counting = Counting;
-
-pub fn sites(n: usize, backends: usize) -> Vec<Entity> {
-    let mut out: Vec<Entity> = (0..backends)
-        .map(|b| Entity::Backend(Backend { name: format!("mosh{b}").into(), addresses: vec![[10, 0, 0, b as u8].into()], state: Default::default() }))
-        .collect();
-    out.extend((0..n).map(|i| {
-        let backend = SiteBackend { backend: format!("mosh{}", i % backends).into(), port: 80, weight: 1 };
-        Entity::Site(Site::new(&format!("site-{i}"), &[&format!("www.member-{i}.example.org")], vec![backend]))
-    }));
-    out
-}
 
 #[test]
 fn a_site_route_costs_at_most_300_bytes() {

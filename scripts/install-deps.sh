@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Edge needs, only those missing (idempotent).
+#   scripts/install-deps.sh run    what building and running needs
+#   scripts/install-deps.sh test   that, plus the real servers and clients
+#                                  the interop tests drive
+set -euo pipefail
+
+run_pkgs=(build-essential pkg-config cmake curl ca-certificates)
+# prometheus: interop test of /metrics; util-linux: setpriv for the peer-uid
+# test; sqlite3: admins inspect the store with it (docs/routing-table.md).
+test_pkgs=(prometheus util-linux sqlite3)
+
+want=("${run_pkgs[@]}")
+[ "${1:-run}" = test ] && want+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages: ${missing[*]}; run as root or install them" >&2
+    exit 1
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
