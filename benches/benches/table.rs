@@ -50,7 +50,8 @@ fn lookups(c: &mut Criterion) {
 }
 
 fn move_site(i: usize) -> Transaction {
-    let op = Op::MoveSite { site: format!("site-{}", i * 7919 % 1_000_000), to: format!("mosh{}", i % 100), from: None };
+    let op =
+        Op::MoveSite { site: format!("site-{}", i * 7919 % 1_000_000), to: format!("mosh{}", i % 100), from: None };
     Transaction { ops: vec![op], ..Transaction::default() }
 }
 
@@ -79,7 +80,10 @@ fn update_percentiles() {
         })
         .collect();
     println!("{}", percentiles("update, 1M routes, memory store (validate + commit + swap)", &samples));
-    let evacuate = Transaction { ops: vec![Op::EvacuateBackend { from: "mosh7".into(), to: "mosh8".into() }], ..Default::default() };
+    let evacuate = Transaction {
+        ops: vec![Op::EvacuateBackend { from: "mosh7".into(), to: "mosh8".into() }],
+        ..Default::default()
+    };
     let t = Instant::now();
     let done = table.apply_blocking(evacuate, Who::internal("bench")).expect("evacuate");
     println!("evacuate one backend of 1M routes: {} routes moved in {:?}", done.changes.len(), t.elapsed());
@@ -88,7 +92,9 @@ fn update_percentiles() {
 fn sqlite_table(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("edge.db");
-    let table = Table::open(Box::new(SqliteStore::open(&path).expect("store")), TableMetrics::unregistered().expect("m")).expect("open");
+    let table =
+        Table::open(Box::new(SqliteStore::open(&path).expect("store")), TableMetrics::unregistered().expect("m"))
+            .expect("open");
     let ops = fixtures::sites(n, 100).into_iter().map(|entity| Op::Put { entity }).collect();
     table.apply_blocking(Transaction { ops, ..Default::default() }, Who::internal("bench")).expect("fill");
     (dir, path)
@@ -108,12 +114,20 @@ fn store_figures(c: &mut Criterion) {
         })
     });
     g.finish();
-    let table = Table::open(Box::new(SqliteStore::open(&path).expect("store")), TableMetrics::unregistered().expect("m")).expect("open");
+    let table =
+        Table::open(Box::new(SqliteStore::open(&path).expect("store")), TableMetrics::unregistered().expect("m"))
+            .expect("open");
     let samples: Vec<Duration> = (0..300)
         .map(|i| {
-            let op = Op::MoveSite { site: format!("site-{}", i * 7919 % 100_000), to: format!("mosh{}", i % 100), from: None };
+            let op = Op::MoveSite {
+                site: format!("site-{}", i * 7919 % 100_000),
+                to: format!("mosh{}", i % 100),
+                from: None,
+            };
             let t = Instant::now();
-            table.apply_blocking(Transaction { ops: vec![op], ..Default::default() }, Who::internal("bench")).expect("apply");
+            table
+                .apply_blocking(Transaction { ops: vec![op], ..Default::default() }, Who::internal("bench"))
+                .expect("apply");
             t.elapsed()
         })
         .collect();

@@ -22,7 +22,9 @@ fn demo() -> &'static Snapshot {
 /// it was; an accepted one must survive a JSON round trip and apply to the
 /// same result again.
 pub fn control_request(data: &[u8]) {
-    let Ok(txn) = proxy::control::api::decode_json::<Transaction>(data) else { return };
+    let Ok(txn) = proxy::control::api::decode_json::<Transaction>(data) else {
+        return;
+    };
     let base = demo();
     let before = serde_json::to_string(&base.entities()).expect("serialise");
     match apply(base, &txn) {
@@ -45,7 +47,9 @@ pub fn control_request(data: &[u8]) {
 /// Name normalisation: idempotent, and the allocation-free lookup form
 /// agrees with the stored form.
 pub fn names(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(h) = name::host(text) {
         assert_eq!(name::host(&h).as_deref(), Ok(&*h));
         assert_eq!(HostBuf::new(&h).expect("ascii").as_str(), &*h);

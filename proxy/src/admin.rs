@@ -63,7 +63,8 @@ fn answer(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>>
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n".into());
             }
             let mut resp = text(StatusCode::OK, buf);
-            let ct = http::HeaderValue::from_str(encoder.format_type()).unwrap_or(http::HeaderValue::from_static("text/plain"));
+            let ct = http::HeaderValue::from_str(encoder.format_type())
+                .unwrap_or(http::HeaderValue::from_static("text/plain"));
             resp.headers_mut().insert(header::CONTENT_TYPE, ct);
             resp
         }

@@ -111,10 +111,10 @@ impl Edge {
 /// Applies the seed transaction file to an empty table.
 async fn seed_table(table: &Table, path: &Path) -> Result<(), StartError> {
     let txn = read_transaction(path).map_err(|message| StartError::Seed { path: path.into(), message })?;
-    let done = table.apply(txn, Who::internal("seed")).await.map_err(|e: ApplyError| StartError::Seed {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
+    let done = table
+        .apply(txn, Who::internal("seed"))
+        .await
+        .map_err(|e: ApplyError| StartError::Seed { path: path.into(), message: e.to_string() })?;
     tracing::info!(path = %path.display(), version = done.version, changed = done.changes.len(), "seeded an empty table");
     Ok(())
 }

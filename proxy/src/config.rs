@@ -207,7 +207,9 @@ impl Config {
         let mode = u32::from_str_radix(file.control.mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .ok_or_else(|| invalid("control.mode", format!("`{}` is not an octal file mode like \"0660\"", file.control.mode)))?;
+            .ok_or_else(|| {
+                invalid("control.mode", format!("`{}` is not an octal file mode like \"0660\"", file.control.mode))
+            })?;
         if file.control.max_body_bytes < 1024 {
             return Err(invalid("control.max_body_bytes", "must be at least 1024".into()));
         }

@@ -133,7 +133,8 @@ impl ControlListener {
         }
         drop(self.listener);
         let _ = std::fs::remove_file(&self.path);
-        let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
     }
 }
 

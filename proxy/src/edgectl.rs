@@ -90,7 +90,9 @@ enum SiteCmd {
         #[arg(long)]
         dry_run: bool,
     },
-    Show { name: String },
+    Show {
+        name: String,
+    },
     List,
     Rm {
         name: String,
@@ -190,7 +192,13 @@ enum Style {
 
 async fn call(client: &Client, command: Command) -> Result<(Answer, Style), String> {
     let e = |e: crate::control::client::ClientError| e.to_string();
-    let txn = |dry_run: bool| if dry_run { "/v1/transactions/dry-run" } else { "/v1/transactions" };
+    let txn = |dry_run: bool| {
+        if dry_run {
+            "/v1/transactions/dry-run"
+        } else {
+            "/v1/transactions"
+        }
+    };
     Ok(match command {
         Command::Status => (client.get("/v1/status").await.map_err(e)?, Style::Status),
         Command::Site(SiteCmd::Add { name, hosts, backends, member, aliases, dry_run }) => {
@@ -205,7 +213,9 @@ async fn call(client: &Client, command: Command) -> Result<(Answer, Style), Stri
             let body = json!({ "ops": [{ "op": "add", "entity": site }] });
             (client.post(txn(dry_run), &body).await.map_err(e)?, Style::Changes)
         }
-        Command::Site(SiteCmd::Show { name }) => (client.get(&format!("/v1/table/sites/{}", enc(&name))).await.map_err(e)?, Style::Entity),
+        Command::Site(SiteCmd::Show { name }) => {
+            (client.get(&format!("/v1/table/sites/{}", enc(&name))).await.map_err(e)?, Style::Entity)
+        }
         Command::Site(SiteCmd::List) => (client.get("/v1/table/sites").await.map_err(e)?, Style::Entities),
         Command::Site(SiteCmd::Rm { name, dry_run }) => {
             let body = json!({ "ops": [{ "op": "delete", "kind": "site", "name": name }] });
@@ -236,12 +246,18 @@ async fn call(client: &Client, command: Command) -> Result<(Answer, Style), Stri
             let body = read_file_json(&file)?;
             (client.post(txn(dry_run), &body).await.map_err(e)?, Style::Changes)
         }
-        Command::Get { kind, name: None } => (client.get(&format!("/v1/table/{}", enc(&kind))).await.map_err(e)?, Style::Entities),
+        Command::Get { kind, name: None } => {
+            (client.get(&format!("/v1/table/{}", enc(&kind))).await.map_err(e)?, Style::Entities)
+        }
         Command::Get { kind, name: Some(n) } => {
             (client.get(&format!("/v1/table/{}/{}", enc(&kind), enc(&n))).await.map_err(e)?, Style::Entity)
         }
-        Command::Lookup { what, value } => (client.get(&format!("/v1/lookup?{what}={}", enc(&value))).await.map_err(e)?, Style::Raw),
-        Command::History { version: Some(v), .. } => (client.get(&format!("/v1/history/{v}")).await.map_err(e)?, Style::Entry),
+        Command::Lookup { what, value } => {
+            (client.get(&format!("/v1/lookup?{what}={}", enc(&value))).await.map_err(e)?, Style::Raw)
+        }
+        Command::History { version: Some(v), .. } => {
+            (client.get(&format!("/v1/history/{v}")).await.map_err(e)?, Style::Entry)
+        }
         Command::History { version: None, limit, before } => {
             let before = before.map(|b| format!("&before={b}")).unwrap_or_default();
             (client.get(&format!("/v1/history?limit={limit}{before}")).await.map_err(e)?, Style::History)
@@ -269,11 +285,15 @@ fn read_file_json(path: &Path) -> Result<Value, String> {
 /// `mosh12`, `mosh12:8080`, `mosh12:8080@3` → a site backend object.
 fn parse_backend(spec: &str) -> Result<Value, String> {
     let (rest, weight) = match spec.split_once('@') {
-        Some((r, w)) => (r, Some(w.parse::<u16>().map_err(|_| format!("--backend {spec}: weight `{w}` is not a number"))?)),
+        Some((r, w)) => {
+            (r, Some(w.parse::<u16>().map_err(|_| format!("--backend {spec}: weight `{w}` is not a number"))?))
+        }
         None => (spec, None),
     };
     let (name, port) = match rest.split_once(':') {
-        Some((n, p)) => (n, Some(p.parse::<u16>().map_err(|_| format!("--backend {spec}: port `{p}` is not a number"))?)),
+        Some((n, p)) => {
+            (n, Some(p.parse::<u16>().map_err(|_| format!("--backend {spec}: port `{p}` is not a number"))?))
+        }
         None => (rest, None),
     };
     let mut v = json!({ "backend": name });
@@ -320,7 +340,12 @@ fn render_changes(b: &Value) -> String {
     let changes = b["changes"].as_array().cloned().unwrap_or_default();
     let mut out = String::new();
     if b["dry_run"].as_bool() == Some(true) {
-        let _ = writeln!(out, "dry run: would make version {} ({} change(s)); nothing applied", b["version"], changes.len());
+        let _ = writeln!(
+            out,
+            "dry run: would make version {} ({} change(s)); nothing applied",
+            b["version"],
+            changes.len()
+        );
     } else if let Some(v) = b["version"].as_u64() {
         let _ = writeln!(out, "version {v}: {} change(s)", changes.len());
     } else if let (Some(from), Some(to)) = (b["from"].as_u64(), b["to"].as_u64()) {
@@ -349,10 +374,7 @@ fn field_diff(before: &Value, after: &Value) -> Vec<(String, String, String)> {
     keys.sort();
     keys.dedup();
     let show = |v: Option<&Value>| v.map_or("(none)".to_string(), |v| v.to_string());
-    keys.into_iter()
-        .filter(|k| b.get(*k) != a.get(*k))
-        .map(|k| (k.clone(), show(b.get(k)), show(a.get(k))))
-        .collect()
+    keys.into_iter().filter(|k| b.get(*k) != a.get(*k)).map(|k| (k.clone(), show(b.get(k)), show(a.get(k)))).collect()
 }
 
 fn render_entities(b: &Value) -> String {
@@ -382,25 +404,40 @@ fn render_history(b: &Value) -> String {
 fn render_history_line(e: &Value) -> String {
     let who = &e["who"];
     let uid = who["uid"].as_u64().map(|u| format!(" uid {u}")).unwrap_or_default();
-    let ops: Vec<String> = e["txn"]["ops"].as_array().map(|ops| ops.iter().take(3).map(describe_op).collect()).unwrap_or_default();
+    let ops: Vec<String> =
+        e["txn"]["ops"].as_array().map(|ops| ops.iter().take(3).map(describe_op).collect()).unwrap_or_default();
     let more = e["txn"]["ops"].as_array().map_or(0, |o| o.len().saturating_sub(3));
     let more = if more > 0 { format!(" (+{more} more)") } else { String::new() };
     let comment = e["comment"].as_str().map(|c| format!(" \"{c}\"")).unwrap_or_default();
     format!(
         "  v{:<6} {} {}{uid}  {} change(s)  {}{more}{comment}\n",
-        e["version"], format_time(e["time_ms"].as_u64().unwrap_or(0)), who["origin"].as_str().unwrap_or("?"), e["changed"], ops.join("; ")
+        e["version"],
+        format_time(e["time_ms"].as_u64().unwrap_or(0)),
+        who["origin"].as_str().unwrap_or("?"),
+        e["changed"],
+        ops.join("; ")
     )
 }
 
 fn describe_op(op: &Value) -> String {
     let kind = op["op"].as_str().unwrap_or("?");
     match kind {
-        "put" | "add" => format!("{kind} {} {}", op["entity"]["kind"].as_str().unwrap_or("?"), entity_name(&op["entity"])),
+        "put" | "add" => {
+            format!("{kind} {} {}", op["entity"]["kind"].as_str().unwrap_or("?"), entity_name(&op["entity"]))
+        }
         "delete" => format!("delete {} {}", op["kind"].as_str().unwrap_or("?"), op["name"].as_str().unwrap_or("?")),
-        "move_site" => format!("move site {} -> {}", op["site"].as_str().unwrap_or("?"), op["to"].as_str().unwrap_or("?")),
-        "move_member" => format!("move member {} -> {}", op["member"].as_str().unwrap_or("?"), op["to"].as_str().unwrap_or("?")),
-        "evacuate_backend" => format!("evacuate {} -> {}", op["from"].as_str().unwrap_or("?"), op["to"].as_str().unwrap_or("?")),
-        "set_backend_state" => format!("backend {} {}", op["backend"].as_str().unwrap_or("?"), op["state"].as_str().unwrap_or("?")),
+        "move_site" => {
+            format!("move site {} -> {}", op["site"].as_str().unwrap_or("?"), op["to"].as_str().unwrap_or("?"))
+        }
+        "move_member" => {
+            format!("move member {} -> {}", op["member"].as_str().unwrap_or("?"), op["to"].as_str().unwrap_or("?"))
+        }
+        "evacuate_backend" => {
+            format!("evacuate {} -> {}", op["from"].as_str().unwrap_or("?"), op["to"].as_str().unwrap_or("?"))
+        }
+        "set_backend_state" => {
+            format!("backend {} {}", op["backend"].as_str().unwrap_or("?"), op["state"].as_str().unwrap_or("?"))
+        }
         other => other.to_string(),
     }
 }
@@ -439,6 +476,7 @@ mod tests {
     #[test]
     fn times_are_utc() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(format_time(1_795_350_896_000), "2026-11-22 04:34:56");
+        assert_eq!(format_time(1_795_322_096_000), "2026-11-22 04:34:56");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
     }
 }

@@ -48,7 +48,13 @@ async fn moves_are_visible_to_the_next_lookup() {
     assert_eq!(member.body["version"], 3);
     // The site was there already; login, domain, sftp login and database move.
     assert_eq!(member.body["changes"].as_array().unwrap().len(), 4);
-    for q in ["mail_user=alice%40alice.test", "recipient=x%40alice.test", "sftp_user=alice", "database=alice_wp", "host=blog.alice.test"] {
+    for q in [
+        "mail_user=alice%40alice.test",
+        "recipient=x%40alice.test",
+        "sftp_user=alice",
+        "database=alice_wp",
+        "host=blog.alice.test",
+    ] {
         let a = c.get(&format!("/v1/lookup?{q}")).await.unwrap();
         let name = a.body["backend"]["name"].as_str().or(a.body["backends"][0]["backend"]["name"].as_str());
         assert_eq!(name, Some("mosh40"), "{q}: {:?}", a.body);
@@ -66,7 +72,13 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let c = &edge.client;
     let table_before = c.get("/v1/table").await.unwrap().body;
 
-    let a = c.post("/v1/transactions", &json!({"ops": [{"op": "put", "entity": {"kind": "backend", "name": "m", "adresses": []}}]})).await.unwrap();
+    let a = c
+        .post(
+            "/v1/transactions",
+            &json!({"ops": [{"op": "put", "entity": {"kind": "backend", "name": "m", "adresses": []}}]}),
+        )
+        .await
+        .unwrap();
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.body["error"]["message"].as_str().unwrap().contains("unknown field `adresses`"));
     assert_eq!(a.body["error"]["field"], "ops[0]");
@@ -74,13 +86,22 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let a = c.request(http::Method::POST, "/v1/transactions", Some(b"{\"ops\": [".to_vec())).await.unwrap();
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
 
-    let a = c.post("/v1/transactions", &json!({"if_version": 7, "ops": [{"op": "delete", "kind": "site", "name": "alice-blog"}]})).await.unwrap();
+    let a = c
+        .post(
+            "/v1/transactions",
+            &json!({"if_version": 7, "ops": [{"op": "delete", "kind": "site", "name": "alice-blog"}]}),
+        )
+        .await
+        .unwrap();
     assert_eq!(a.status, StatusCode::CONFLICT);
     assert_eq!(a.body["error"]["message"], "the table is at version 1, not 7");
 
     let a = c.post("/v1/transactions", &json!({"ops": [{"op": "put", "entity": {"kind": "site", "name": "s", "hosts": ["blog.alice.test"], "backends": [{"backend": "mosh12"}]}}]})).await.unwrap();
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(a.body["error"], json!({"message": "`blog.alice.test` already belongs to site `alice-blog`", "field": "entity.hosts", "op": 0}));
+    assert_eq!(
+        a.body["error"],
+        json!({"message": "`blog.alice.test` already belongs to site `alice-blog`", "field": "entity.hosts", "op": 0})
+    );
 
     let big = json!({"comment": "x".repeat(4096), "ops": []});
     let a = c.post("/v1/transactions", &big).await.unwrap();
@@ -97,7 +118,10 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(c.get("/v1/diff?from=x").await.unwrap().status, StatusCode::BAD_REQUEST);
 
     // Dry run: the diff and the version it would make, nothing applied.
-    let a = c.post("/v1/transactions/dry-run", &json!({"ops": [{"op": "move_site", "site": "alice-blog", "to": "mosh40"}]})).await.unwrap();
+    let a = c
+        .post("/v1/transactions/dry-run", &json!({"ops": [{"op": "move_site", "site": "alice-blog", "to": "mosh40"}]}))
+        .await
+        .unwrap();
     assert_eq!(a.body["dry_run"], true);
     assert_eq!(a.body["version"], 2);
     assert_eq!(a.body["changes"][0]["after"]["backends"][0]["backend"], "mosh40");
@@ -153,7 +177,13 @@ async fn curl_works_on_the_socket() {
         Command::new("curl")
             .args(["-sS", "--fail-with-body", "--unix-socket"])
             .arg(&socket)
-            .args(["-X", "POST", "-d", r#"{"ops":[{"op":"move_site","site":"alice-blog","to":"mosh40"}]}"#, "http://edge/v1/transactions"])
+            .args([
+                "-X",
+                "POST",
+                "-d",
+                r#"{"ops":[{"op":"move_site","site":"alice-blog","to":"mosh40"}]}"#,
+                "http://edge/v1/transactions",
+            ])
             .output()
             .expect("curl is installed by scripts/test.sh")
     })
@@ -172,7 +202,18 @@ async fn curl_as_nobody(socket: &std::path::Path, path: &str) -> String {
     let url = format!("http://edge{path}");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sS", "-m", "10", "-w", "\n%{http_code}", "--unix-socket"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "curl",
+                "-sS",
+                "-m",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+            ])
             .arg(&socket)
             .arg(url)
             .output()
@@ -193,7 +234,11 @@ async fn open_to_all(edge: &TestEdge) {
 /// socket's file mode lets it connect; once allowed, it is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_not_allowed_get_403() {
-    assert_eq!(proxy::control::own_uid(), 0, "this test switches to uid 65534 with setpriv and must run as root (CI does)");
+    assert_eq!(
+        proxy::control::own_uid(),
+        0,
+        "this test switches to uid 65534 with setpriv and must run as root (CI does)"
+    );
     let edge = TestEdge::start("mode = \"0666\"").await;
     open_to_all(&edge).await;
     let text = curl_as_nobody(&edge.socket, "/v1/status").await;

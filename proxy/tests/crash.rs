@@ -32,7 +32,10 @@ async fn sigkill_never_loses_an_acknowledged_version() {
         let status = edge.ready().await;
         let version = status.body["version"].as_u64().unwrap();
         let last_acked = acked.values().max().copied().unwrap_or(1);
-        assert!(version >= last_acked, "round {round}: restarted at version {version}, but {last_acked} was acknowledged");
+        assert!(
+            version >= last_acked,
+            "round {round}: restarted at version {version}, but {last_acked} was acknowledged"
+        );
         verify(&Client::new(&socket), &acked, version).await;
 
         // Stream transactions; kill the process at a different moment each round.
@@ -72,7 +75,10 @@ async fn verify(client: &Client, acked: &BTreeMap<usize, u64>, version: u64) {
     let names: std::collections::BTreeSet<String> =
         sites["entities"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect();
     for (k, v) in acked {
-        assert!(names.contains(&format!("crash-a-{k}")) && names.contains(&format!("crash-b-{k}")), "acknowledged pair {k} (version {v}) is missing");
+        assert!(
+            names.contains(&format!("crash-a-{k}")) && names.contains(&format!("crash-b-{k}")),
+            "acknowledged pair {k} (version {v}) is missing"
+        );
     }
     for name in &names {
         if let Some(k) = name.strip_prefix("crash-a-") {

@@ -31,7 +31,10 @@ async fn the_readme_tour() {
     assert!(status.starts_with("version 1\n"), "{status}");
     assert!(status.contains("1 sites (3 hosts)"), "{status}");
 
-    let added = ok(config, &["site", "add", "shop", "--host", "shop.bob.test", "--host", "*.shop.bob.test", "--backend", "mosh12:8081@2"]);
+    let added = ok(
+        config,
+        &["site", "add", "shop", "--host", "shop.bob.test", "--host", "*.shop.bob.test", "--backend", "mosh12:8081@2"],
+    );
     assert!(added.starts_with("version 2: 1 change(s)\n  + site shop"), "{added}");
     let dry = ok(config, &["site", "move", "shop", "--to", "mosh40", "--dry-run"]);
     assert!(dry.starts_with("dry run: would make version 3"), "{dry}");
@@ -62,7 +65,8 @@ async fn the_readme_tour() {
     assert!(err.contains("ops[0].entity.hosts: `blog.alice.test` already belongs to site `alice-blog` (422"), "{err}");
     let out = edgectl(config, &["site", "move", "alice-blog", "--to", "nowhere"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no backend `nowhere`"));
-    let out = Command::new(env!("CARGO_BIN_EXE_edgectl")).args(["--socket", "/nonexistent/sock", "status"]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_edgectl")).args(["--socket", "/nonexistent/sock", "status"]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is edge running?"));
 
     // apply FILE, dry run first.

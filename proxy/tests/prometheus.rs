@@ -70,7 +70,10 @@ async fn prometheus_scrapes_the_table_metrics() {
 
     let moved = edge.client.post("/v1/sites/alice-blog/move", &json!({"to": "mosh40"})).await.unwrap();
     assert_eq!(moved.body["version"], 2);
-    eventually(30, "the new version in Prometheus", || async { (query(port, "edge_table_version").await? == 2.0).then_some(()) }).await;
+    eventually(30, "the new version in Prometheus", || async {
+        (query(port, "edge_table_version").await? == 2.0).then_some(())
+    })
+    .await;
     let applied = query(port, "edge_table_transactions_total{result=\"applied\"}").await;
     assert_eq!(applied, Some(2.0)); // the seed and the move
     let published = query(port, "edge_table_publish_seconds_count").await;

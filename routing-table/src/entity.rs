@@ -819,8 +819,12 @@ impl DnsRecord {
         let target = |s: &str| name::host(s).map(|n| n.to_string()).map_err(|e| format!("target `{s}` {e}"));
         let num = |s: &str| s.parse::<u16>().map_err(|_| format!("`{s}` is not a number from 0 to 65535"));
         match (self.rtype, parts.as_slice()) {
-            (RecordType::A, [a]) => a.parse::<Ipv4Addr>().map(|a| a.to_string()).map_err(|_| format!("`{a}` is not an IPv4 address")),
-            (RecordType::Aaaa, [a]) => a.parse::<Ipv6Addr>().map(|a| a.to_string()).map_err(|_| format!("`{a}` is not an IPv6 address")),
+            (RecordType::A, [a]) => {
+                a.parse::<Ipv4Addr>().map(|a| a.to_string()).map_err(|_| format!("`{a}` is not an IPv4 address"))
+            }
+            (RecordType::Aaaa, [a]) => {
+                a.parse::<Ipv6Addr>().map(|a| a.to_string()).map_err(|_| format!("`{a}` is not an IPv6 address"))
+            }
             (RecordType::Cname, [t]) => target(t),
             (RecordType::Mx, [p, t]) => Ok(format!("{} {}", num(p)?, target(t)?)),
             (RecordType::Srv, [p, w, port, t]) => Ok(format!("{} {} {} {}", num(p)?, num(w)?, num(port)?, target(t)?)),

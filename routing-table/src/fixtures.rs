@@ -15,7 +15,11 @@ pub fn sites(n: usize, backends: usize) -> Vec<Entity> {
 
 pub fn backend(b: usize) -> Entity {
     let address = std::net::Ipv4Addr::new(10, 0, (b >> 8) as u8, b as u8);
-    Entity::Backend(Backend { name: format!("mosh{b}").into(), addresses: vec![address.into()], state: Default::default() })
+    Entity::Backend(Backend {
+        name: format!("mosh{b}").into(),
+        addresses: vec![address.into()],
+        state: Default::default(),
+    })
 }
 
 pub fn site(i: usize, backends: usize) -> Entity {

@@ -23,7 +23,10 @@ pub mod store;
 pub mod table;
 pub mod transaction;
 
-pub use entity::{Backend, BackendState, Database, DnsName, Entity, EntityKey, Kind, MailDomain, MailLogin, Member, Protection, SftpLogin, Site};
+pub use entity::{
+    Backend, BackendState, Database, DnsName, Entity, EntityKey, Kind, MailDomain, MailLogin, Member, Protection,
+    SftpLogin, Site,
+};
 pub use metrics::TableMetrics;
 pub use name::Name;
 pub use snapshot::{HostMatch, Recipient, Snapshot};

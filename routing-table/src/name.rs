@@ -98,9 +98,7 @@ fn check_label(label: &str) -> Result<(), NameError> {
     if label.len() > MAX_LABEL_LEN {
         return Err(NameError::LabelTooLong { label: label.into() });
     }
-    if let Some(ch) = label
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
+    if let Some(ch) = label.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
     {
         return Err(if ch == '*' { NameError::BadWildcard } else { NameError::BadChar { ch } });
     }
@@ -200,10 +198,7 @@ mod tests {
 
     #[test]
     fn wildcards_keep_their_suffix() {
-        assert_eq!(
-            HostPattern::parse("*.Example.org").unwrap(),
-            HostPattern::Wildcard("example.org".into())
-        );
+        assert_eq!(HostPattern::parse("*.Example.org").unwrap(), HostPattern::Wildcard("example.org".into()));
         assert_eq!(HostPattern::parse("*.example.org").unwrap().to_name().as_ref(), "*.example.org");
         assert!(HostPattern::parse("*example.org").is_err());
     }

@@ -61,11 +61,7 @@ impl<E: Keyed> ShardedMap<E> {
         // Every slot starts as the same empty shard: an empty table costs
         // one allocation per map, not one per shard.
         let empty = Arc::new(HashTable::new());
-        Self {
-            shards: Arc::new(vec![empty; SHARDS]),
-            len: 0,
-            hasher: foldhash::fast::RandomState::default(),
-        }
+        Self { shards: Arc::new(vec![empty; SHARDS]), len: 0, hasher: foldhash::fast::RandomState::default() }
     }
 
     pub fn len(&self) -> usize {

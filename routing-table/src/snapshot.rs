@@ -2,8 +2,8 @@
 //! protocol makes against it.
 //!
 //! A snapshot is cheap to clone (each map is a [`ShardedMap`]); the writer
-//! clones the current one, changes the copy through [`Snapshot::put`] and
-//! [`Snapshot::delete`], and publishes it. Readers never see a change half
+//! clones the current one, changes the copy through `Snapshot::put` and
+//! `Snapshot::delete`, and publishes it. Readers never see a change half
 //! made.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use imbl::OrdSet;
 use serde::Serialize;
 
 use crate::entity::{
-    Backend, Database, DnsName, Entity, EntityKey, HostKey, Kind, RefTo, MailDomain, MailLogin, Member, SftpLogin, Site,
+    Backend, Database, DnsName, Entity, EntityKey, HostKey, Kind, MailDomain, MailLogin, Member, RefTo, SftpLogin, Site,
 };
 use crate::name::{HostBuf, Name};
 use crate::sharded::{Named, ShardedMap};
@@ -147,9 +147,15 @@ impl Snapshot {
     /// Routes an inbound recipient `local@domain`: a per-address override
     /// (also tried without a `+detail`), else the domain's backend.
     pub fn recipient(&self, address: &str) -> Recipient<'_> {
-        let Some(buf) = HostBuf::new(address) else { return Recipient::UnknownDomain };
-        let Some((local, domain)) = buf.as_str().rsplit_once('@') else { return Recipient::UnknownDomain };
-        let Some(d) = self.mail_domains.get(domain) else { return Recipient::UnknownDomain };
+        let Some(buf) = HostBuf::new(address) else {
+            return Recipient::UnknownDomain;
+        };
+        let Some((local, domain)) = buf.as_str().rsplit_once('@') else {
+            return Recipient::UnknownDomain;
+        };
+        let Some(d) = self.mail_domains.get(domain) else {
+            return Recipient::UnknownDomain;
+        };
         let base = local.split_once('+').map_or(local, |(b, _)| b);
         let backend = d.overrides.get(local).or_else(|| d.overrides.get(base)).unwrap_or(&d.backend);
         self.backends.get(backend).map_or(Recipient::Unavailable, |b| Recipient::Routed(b))

@@ -94,18 +94,17 @@ impl Table {
     pub fn open(mut store: Box<dyn Store>, metrics: TableMetrics) -> Result<Table, OpenError> {
         let loaded = store.load()?;
         let version = loaded.version;
-        let snapshot = transaction::build(version, loaded.entities)
-            .map_err(|source| OpenError::Invalid { version, source })?;
+        let snapshot =
+            transaction::build(version, loaded.entities).map_err(|source| OpenError::Invalid { version, source })?;
         metrics.published(&snapshot, None);
         let (versions, _) = watch::channel(version);
         let shared = Arc::new(Shared { current: ArcSwap::from_pointee(snapshot), versions, metrics });
         let (commands, rx) = mpsc::channel();
         let describe: Arc<str> = store.describe().into();
         let writer = Writer { shared: shared.clone(), store };
-        thread::Builder::new()
-            .name("table-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Corrupt { path: describe.to_string(), what: "writer thread".into(), reason: e.to_string() })?;
+        thread::Builder::new().name("table-writer".into()).spawn(move || writer.run(rx)).map_err(|e| {
+            StoreError::Corrupt { path: describe.to_string(), what: "writer thread".into(), reason: e.to_string() }
+        })?;
         Ok(Table { shared, commands, store: describe, opened: Instant::now() })
     }
 

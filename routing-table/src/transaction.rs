@@ -34,11 +34,18 @@ pub struct Transaction {
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
     /// Insert or replace.
-    Put { entity: Entity },
+    Put {
+        entity: Entity,
+    },
     /// Insert; fails if the name is taken.
-    Add { entity: Entity },
+    Add {
+        entity: Entity,
+    },
     /// Remove; fails if absent or still referenced.
-    Delete { kind: Kind, name: String },
+    Delete {
+        kind: Kind,
+        name: String,
+    },
     /// Send all of a site's traffic to `to` (or only the share of `from`).
     MoveSite {
         site: String,
@@ -55,8 +62,14 @@ pub enum Op {
         databases_to: Option<String>,
     },
     /// Move every route of backend `from` to `to`.
-    EvacuateBackend { from: String, to: String },
-    SetBackendState { backend: String, state: BackendState },
+    EvacuateBackend {
+        from: String,
+        to: String,
+    },
+    SetBackendState {
+        backend: String,
+        state: BackendState,
+    },
 }
 
 /// One entity before and after a transaction (`None`: absent).
@@ -213,9 +226,9 @@ impl Work {
 
     fn put(&mut self, i: usize, entity: Entity, add: bool) -> Result<(), TxnError> {
         let prefix = entity.kind().as_str();
-        let entity = entity.normalized().map_err(|e| {
-            TxnError::at(i, FieldError { field: format!("entity.{}", e.field), reason: e.reason })
-        })?;
+        let entity = entity
+            .normalized()
+            .map_err(|e| TxnError::at(i, FieldError { field: format!("entity.{}", e.field), reason: e.reason }))?;
         let key = entity.key();
         if add && self.snap.contains(key.kind, &key.name) {
             return Err(TxnError::new(i, "entity.name", format!("{prefix} `{}` already exists", key.name)));
@@ -235,7 +248,9 @@ impl Work {
     }
 
     fn retarget(&mut self, i: usize, key: &EntityKey, from: Option<&str>, to: &Name) {
-        let Some(mut entity) = self.snap.get(key) else { return };
+        let Some(mut entity) = self.snap.get(key) else {
+            return;
+        };
         if entity.retarget(from, to) {
             self.touch(i, key);
             self.snap.put(entity);
@@ -273,10 +288,7 @@ impl Work {
             }
         }
         for (host, claimer, displaced, op) in &self.claims {
-            let still_claimed = self
-                .snap
-                .site(displaced)
-                .is_some_and(|s| s.host_keys().any(|h| &h == host));
+            let still_claimed = self.snap.site(displaced).is_some_and(|s| s.host_keys().any(|h| &h == host));
             let claimer_holds = self.snap.host_owner(host).is_some_and(|s| &s.name == claimer);
             if still_claimed && claimer_holds {
                 return Err(TxnError::new(

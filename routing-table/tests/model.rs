@@ -13,14 +13,19 @@ use routing_table::{Entity, EntityKey, Kind, Op, Snapshot, Transaction};
 const HOSTS: [&str; 6] = ["a.org", "b.org", "*.org", "*.a.org", "x.b.org", "*.b.org"];
 
 fn backend(i: u8) -> Entity {
-    Entity::Backend(Backend { name: format!("b{i}").into(), addresses: vec![format!("10.0.0.{i}").parse().unwrap()], state: Default::default() })
+    Entity::Backend(Backend {
+        name: format!("b{i}").into(),
+        addresses: vec![format!("10.0.0.{i}").parse().unwrap()],
+        state: Default::default(),
+    })
 }
 
 fn site(i: u8, hosts: Vec<usize>, backends: Vec<u8>, member: Option<u8>) -> Entity {
     let mut hs: Vec<&str> = hosts.into_iter().map(|h| HOSTS[h]).collect();
     hs.sort();
     hs.dedup();
-    let backends = backends.into_iter().map(|b| SiteBackend { backend: format!("b{b}").into(), port: 80, weight: 1 }).collect();
+    let backends =
+        backends.into_iter().map(|b| SiteBackend { backend: format!("b{b}").into(), port: 80, weight: 1 }).collect();
     let mut site = Site::new(&format!("s{i}"), &hs, backends);
     site.member = member.map(|m| format!("m{m}").into());
     Entity::Site(site)
@@ -32,12 +37,21 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         b.clone().prop_map(|i| Op::Put { entity: backend(i) }),
         (0u8..3).prop_map(|i| Op::Put { entity: Entity::Member(Member { name: format!("m{i}").into(), note: None }) }),
-        (0u8..5, proptest::collection::vec(0..HOSTS.len(), 1..3), proptest::collection::vec(b.clone(), 1..3), m.clone())
+        (
+            0u8..5,
+            proptest::collection::vec(0..HOSTS.len(), 1..3),
+            proptest::collection::vec(b.clone(), 1..3),
+            m.clone()
+        )
             .prop_map(|(i, h, bs, m)| Op::Put { entity: site(i, h, bs, m) }),
         (0u8..5, proptest::collection::vec(0..HOSTS.len(), 1..3), b.clone(), m.clone())
             .prop_map(|(i, h, bk, m)| Op::Add { entity: site(i, h, vec![bk], m) }),
         (0u8..3, b.clone(), m.clone()).prop_map(|(i, bk, m)| Op::Put {
-            entity: Entity::MailLogin(MailLogin { user: format!("u{i}").into(), member: m.map(|m| format!("m{m}").into()), backend: format!("b{bk}").into() })
+            entity: Entity::MailLogin(MailLogin {
+                user: format!("u{i}").into(),
+                member: m.map(|m| format!("m{m}").into()),
+                backend: format!("b{bk}").into()
+            })
         }),
         (0u8..2, b.clone(), b.clone(), m.clone()).prop_map(|(i, bk, o, m)| Op::Put {
             entity: Entity::MailDomain(MailDomain {
@@ -48,17 +62,38 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             })
         }),
         (0u8..3, b.clone(), m.clone()).prop_map(|(i, bk, m)| Op::Put {
-            entity: Entity::Database(Database { name: format!("db{i}").into(), member: m.map(|m| format!("m{m}").into()), server: format!("b{bk}").into() })
+            entity: Entity::Database(Database {
+                name: format!("db{i}").into(),
+                member: m.map(|m| format!("m{m}").into()),
+                server: format!("b{bk}").into()
+            })
         }),
-        (prop_oneof![Just(Kind::Backend), Just(Kind::Member), Just(Kind::Site), Just(Kind::MailLogin), Just(Kind::Database)], 0u8..5)
+        (
+            prop_oneof![
+                Just(Kind::Backend),
+                Just(Kind::Member),
+                Just(Kind::Site),
+                Just(Kind::MailLogin),
+                Just(Kind::Database)
+            ],
+            0u8..5
+        )
             .prop_map(|(kind, i)| {
-                let prefix = match kind { Kind::Backend => "b", Kind::Member => "m", Kind::Site => "s", Kind::MailLogin => "u", _ => "db" };
+                let prefix = match kind {
+                    Kind::Backend => "b",
+                    Kind::Member => "m",
+                    Kind::Site => "s",
+                    Kind::MailLogin => "u",
+                    _ => "db",
+                };
                 Op::Delete { kind, name: format!("{prefix}{i}") }
             }),
-        (0u8..5, b.clone(), proptest::option::of(b.clone()))
-            .prop_map(|(s, to, from)| Op::MoveSite { site: format!("s{s}"), to: format!("b{to}"), from: from.map(|f| format!("b{f}")) }),
-        (0u8..3, b.clone(), proptest::option::of(b.clone()))
-            .prop_map(|(mm, to, db)| Op::MoveMember { member: format!("m{mm}"), to: format!("b{to}"), databases_to: db.map(|d| format!("b{d}")) }),
+        (0u8..5, b.clone(), proptest::option::of(b.clone())).prop_map(|(s, to, from)| {
+            Op::MoveSite { site: format!("s{s}"), to: format!("b{to}"), from: from.map(|f| format!("b{f}")) }
+        }),
+        (0u8..3, b.clone(), proptest::option::of(b.clone())).prop_map(|(mm, to, db)| {
+            Op::MoveMember { member: format!("m{mm}"), to: format!("b{to}"), databases_to: db.map(|d| format!("b{d}")) }
+        }),
         (b.clone(), b.clone()).prop_map(|(f, t)| Op::EvacuateBackend { from: format!("b{f}"), to: format!("b{t}") }),
     ]
 }
@@ -92,14 +127,20 @@ impl Model {
             }
             Op::Delete { kind, name } => drop(self.0.remove(&EntityKey { kind: *kind, name: name.as_str().into() })?),
             Op::MoveSite { site, to, from } => {
-                if !self.has(Kind::Site, site) || !self.has(Kind::Backend, to) || from.as_ref().is_some_and(|f| !self.has(Kind::Backend, f)) {
+                if !self.has(Kind::Site, site)
+                    || !self.has(Kind::Backend, to)
+                    || from.as_ref().is_some_and(|f| !self.has(Kind::Backend, f))
+                {
                     return None;
                 }
                 let key = EntityKey { kind: Kind::Site, name: site.as_str().into() };
                 self.0.get_mut(&key)?.retarget(from.as_deref(), &to.as_str().into());
             }
             Op::MoveMember { member, to, databases_to } => {
-                if !self.has(Kind::Member, member) || !self.has(Kind::Backend, to) || databases_to.as_ref().is_some_and(|d| !self.has(Kind::Backend, d)) {
+                if !self.has(Kind::Member, member)
+                    || !self.has(Kind::Backend, to)
+                    || databases_to.as_ref().is_some_and(|d| !self.has(Kind::Backend, d))
+                {
                     return None;
                 }
                 for e in self.0.values_mut() {
@@ -125,7 +166,9 @@ impl Model {
     fn valid(&self) -> bool {
         let mut hosts = BTreeMap::new();
         for e in self.0.values() {
-            if e.backends().iter().any(|b| !self.has(Kind::Backend, b)) || e.member().is_some_and(|m| !self.has(Kind::Member, m)) {
+            if e.backends().iter().any(|b| !self.has(Kind::Backend, b))
+                || e.member().is_some_and(|m| !self.has(Kind::Member, m))
+            {
                 return false;
             }
             if let Entity::Site(s) = e {
@@ -184,7 +227,7 @@ proptest! {
             prop_assert_eq!(got_entities, want_entities);
             for host in ["a.org", "b.org", "x.a.org", "y.x.a.org", "x.b.org", "z.b.org", "c.org", "A.ORG.", "org"] {
                 let got = snap.site_for_host(host).map(|m| m.site.name.to_string());
-                prop_assert_eq!(got, model.lookup(&host.to_ascii_lowercase().trim_end_matches('.').to_string()), "host {}", host);
+                prop_assert_eq!(got, model.lookup(host.to_ascii_lowercase().trim_end_matches('.')), "host {}", host);
             }
             for user in ["u0", "U1", "u2"] {
                 let got = snap.mail_backend(user).map(|b| b.name.to_string());

@@ -46,7 +46,9 @@ fn commits_survive_reopen_and_lookups_follow_moves() {
         assert_eq!(snap.recipient("bob+news@alice.org"), Recipient::Routed(snap.backend("mosh40").unwrap()));
         assert_eq!(snap.recipient("carol@alice.org"), Recipient::Routed(snap.backend("mosh12").unwrap()));
         assert_eq!(snap.recipient("carol@other.org"), Recipient::UnknownDomain);
-        let moved = table.apply_blocking(txn(r#"{"ops":[{"op":"move_member","member":"alice","to":"mosh40"}]}"#), who()).unwrap();
+        let moved = table
+            .apply_blocking(txn(r#"{"ops":[{"op":"move_member","member":"alice","to":"mosh40"}]}"#), who())
+            .unwrap();
         assert_eq!(moved.version, 2);
         // Site, login, domain, sftp and database moved; the override already was on mosh40.
         assert_eq!(moved.changes.len(), 5);
@@ -65,7 +67,10 @@ async fn history_diff_and_rollback() {
     let dir = tempfile::tempdir().unwrap();
     let table = open(dir.path());
     table.apply(txn(SEED), who()).await.unwrap();
-    table.apply(txn(r#"{"comment":"move","ops":[{"op":"move_site","site":"alice-blog","to":"mosh40"}]}"#), who()).await.unwrap();
+    table
+        .apply(txn(r#"{"comment":"move","ops":[{"op":"move_site","site":"alice-blog","to":"mosh40"}]}"#), who())
+        .await
+        .unwrap();
     table.apply(txn(r#"{"ops":[{"op":"delete","kind":"database","name":"alice_wp"}]}"#), who()).await.unwrap();
 
     let history = table.history(None, 10).await.unwrap();
@@ -103,23 +108,37 @@ async fn rejected_transactions_change_nothing_and_say_why() {
     let before = serde_json::to_string(&table.load().entities()).unwrap();
 
     let cases: &[(&str, &str)] = &[
-        (r#"{"ops":[{"op":"put","entity":{"kind":"member","name":"bob"}},{"op":"put","entity":{"kind":"site","name":"s2","hosts":["blog.alice.org"],"backends":[{"backend":"mosh12"}]}}]}"#,
-         "ops[1].entity.hosts: `blog.alice.org` already belongs to site `alice-blog`"),
-        (r#"{"ops":[{"op":"put","entity":{"kind":"site","name":"s3","hosts":["x.org"],"backends":[{"backend":"mosh99"}]}}]}"#,
-         "ops[0].entity: site `s3` names unknown backend `mosh99`"),
-        (r#"{"ops":[{"op":"delete","kind":"backend","name":"mosh12"}]}"#,
-         "ops[0].name: backend `mosh12` is still used by 5 route(s); move or delete them first"),
+        (
+            r#"{"ops":[{"op":"put","entity":{"kind":"member","name":"bob"}},{"op":"put","entity":{"kind":"site","name":"s2","hosts":["blog.alice.org"],"backends":[{"backend":"mosh12"}]}}]}"#,
+            "ops[1].entity.hosts: `blog.alice.org` already belongs to site `alice-blog`",
+        ),
+        (
+            r#"{"ops":[{"op":"put","entity":{"kind":"site","name":"s3","hosts":["x.org"],"backends":[{"backend":"mosh99"}]}}]}"#,
+            "ops[0].entity: site `s3` names unknown backend `mosh99`",
+        ),
+        (
+            r#"{"ops":[{"op":"delete","kind":"backend","name":"mosh12"}]}"#,
+            "ops[0].name: backend `mosh12` is still used by 5 route(s); move or delete them first",
+        ),
         (r#"{"ops":[{"op":"move_site","site":"nope","to":"mosh40"}]}"#, "ops[0].site: no site `nope`"),
-        (r#"{"ops":[{"op":"put","entity":{"kind":"site","name":"s4","hosts":["bad host"],"backends":[{"backend":"mosh12"}]}}]}"#,
-         "ops[0].entity.hosts[0]: has an invalid character ' '"),
-        (r#"{"ops":[{"op":"add","entity":{"kind":"member","name":"alice"}}]}"#, "ops[0].entity.name: member `alice` already exists"),
+        (
+            r#"{"ops":[{"op":"put","entity":{"kind":"site","name":"s4","hosts":["bad host"],"backends":[{"backend":"mosh12"}]}}]}"#,
+            "ops[0].entity.hosts[0]: has an invalid character ' '",
+        ),
+        (
+            r#"{"ops":[{"op":"add","entity":{"kind":"member","name":"alice"}}]}"#,
+            "ops[0].entity.name: member `alice` already exists",
+        ),
         (r#"{"ops":[]}"#, "the transaction has no operations"),
     ];
     for (json, message) in cases {
         let err = table.apply(txn(json), who()).await.unwrap_err();
         assert_eq!(err.to_string(), *message);
     }
-    let err = table.apply(txn(r#"{"if_version":0,"ops":[{"op":"put","entity":{"kind":"member","name":"bob"}}]}"#), who()).await.unwrap_err();
+    let err = table
+        .apply(txn(r#"{"if_version":0,"ops":[{"op":"put","entity":{"kind":"member","name":"bob"}}]}"#), who())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ApplyError::Rejected(TxnError::VersionConflict { expected: 0, actual: 1 })));
 
     assert_eq!(table.load().version(), 1);
@@ -138,7 +157,16 @@ async fn evacuate_moves_every_route_of_a_backend() {
     let dir = tempfile::tempdir().unwrap();
     let table = open(dir.path());
     table.apply(txn(SEED), who()).await.unwrap();
-    let done = table.apply(Transaction { ops: vec![Op::EvacuateBackend { from: "mosh12".into(), to: "mosh40".into() }], ..Default::default() }, who()).await.unwrap();
+    let done = table
+        .apply(
+            Transaction {
+                ops: vec![Op::EvacuateBackend { from: "mosh12".into(), to: "mosh40".into() }],
+                ..Default::default()
+            },
+            who(),
+        )
+        .await
+        .unwrap();
     assert_eq!(done.changes.len(), 5);
     let snap = table.load();
     assert_eq!(snap.backend_ref_count("mosh12"), 0);

@@ -146,7 +146,9 @@ impl Api {
                 let txn = read_json(req, max_body).await?;
                 self.commit(txn, who, flag(&query, "dry_run")).await
             }
-            (Method::POST, ["v1", "transactions", "dry-run"]) => self.commit(read_json(req, max_body).await?, who, true).await,
+            (Method::POST, ["v1", "transactions", "dry-run"]) => {
+                self.commit(read_json(req, max_body).await?, who, true).await
+            }
             (Method::POST, ["v1", kind @ ("sites" | "members" | "backends"), name, action @ ("move" | "evacuate")]) => {
                 let body: MoveBody = read_json(req, max_body).await?;
                 let op = move_op(kind, action, name, &body)?;
@@ -201,7 +203,8 @@ impl Api {
         let name = percent_decode(raw);
         let normalized = kind.normalize_name(&name).map_err(|e| ApiError::bad(format!("{kind} name `{name}` {e}")))?;
         let snap = self.table.load();
-        let entity = snap.get_by(kind, &normalized).ok_or_else(|| ApiError::not_found(format!("no {kind} `{normalized}`")))?;
+        let entity =
+            snap.get_by(kind, &normalized).ok_or_else(|| ApiError::not_found(format!("no {kind} `{normalized}`")))?;
         Ok(json!({ "version": snap.version(), "entity": entity }))
     }
 
@@ -211,8 +214,15 @@ impl Api {
         let backend = |name: &str| snap.backend(name).map(|b| json!(b));
         if let Some(host) = query.get("host") {
             let m = snap.site_for_host(host).ok_or_else(|| ApiError::not_found(format!("no site serves `{host}`")))?;
-            let backends: Vec<_> = m.site.backends.iter().map(|b| json!({"backend": backend(&b.backend), "port": b.port, "weight": b.weight})).collect();
-            return Ok(json!({ "version": version, "site": m.site.name, "alias": m.alias, "wildcard": m.wildcard, "protection": m.site.protection, "backends": backends }));
+            let backends: Vec<_> = m
+                .site
+                .backends
+                .iter()
+                .map(|b| json!({"backend": backend(&b.backend), "port": b.port, "weight": b.weight}))
+                .collect();
+            return Ok(
+                json!({ "version": version, "site": m.site.name, "alias": m.alias, "wildcard": m.wildcard, "protection": m.site.protection, "backends": backends }),
+            );
         }
         if let Some(user) = query.get("mail_user") {
             let l = snap.mail_login(user).ok_or_else(|| ApiError::not_found(format!("no mail login `{user}`")))?;
@@ -282,7 +292,10 @@ fn parse_kind(raw: &str) -> Result<Kind, ApiError> {
 }
 
 fn number(raw: &str, what: &str) -> Result<u64, ApiError> {
-    raw.parse().map_err(|_| ApiError { field: Some(what.into()), ..ApiError::bad(format!("`{what}` must be a version number, not `{raw}`")) })
+    raw.parse().map_err(|_| ApiError {
+        field: Some(what.into()),
+        ..ApiError::bad(format!("`{what}` must be a version number, not `{raw}`"))
+    })
 }
 
 fn flag(query: &HashMap<String, String>, name: &str) -> bool {

@@ -63,11 +63,13 @@ impl Client {
     }
 
     pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer, ClientError> {
-        let http_err = |e: &dyn std::fmt::Display| ClientError::Http { path: self.path.clone(), message: e.to_string() };
+        let http_err =
+            |e: &dyn std::fmt::Display| ClientError::Http { path: self.path.clone(), message: e.to_string() };
         let stream = UnixStream::connect(&self.path)
             .await
             .map_err(|source| ClientError::Connect { path: self.path.clone(), source })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| http_err(&e))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| http_err(&e))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -81,7 +83,8 @@ impl Client {
         let resp = sender.send_request(req).await.map_err(|e| http_err(&e))?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.map_err(|e| http_err(&e))?.to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let body =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         Ok(Answer { status, body })
     }
 }

@@ -46,7 +46,11 @@ impl Store for MemoryStore {
 
     fn commit(&mut self, c: &Commit<'_>) -> Result<(), StoreError> {
         if c.version != self.version + 1 {
-            return Err(StoreError::VersionMismatch { path: "memory".into(), expected: c.version - 1, found: self.version });
+            return Err(StoreError::VersionMismatch {
+                path: "memory".into(),
+                expected: c.version - 1,
+                found: self.version,
+            });
         }
         for change in c.changes {
             match &change.after {

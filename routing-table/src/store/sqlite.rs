@@ -43,8 +43,7 @@ impl SqliteStore {
              INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0);",
         )
         .map_err(err)?;
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)", [SCHEMA_VERSION])
-            .map_err(err)?;
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)", [SCHEMA_VERSION]).map_err(err)?;
         let store = Self { conn, path: path.to_path_buf() };
         let schema = store.meta("schema")?;
         if schema != SCHEMA_VERSION as u64 {
@@ -206,7 +205,9 @@ impl Store for SqliteStore {
         let texts: Vec<(i64, String)> = {
             let mut stmt = self
                 .conn
-                .prepare_cached("SELECT version, changes FROM history WHERE version > ?1 AND version <= ?2 ORDER BY version")
+                .prepare_cached(
+                    "SELECT version, changes FROM history WHERE version > ?1 AND version <= ?2 ORDER BY version",
+                )
                 .map_err(|e| self.err(e))?;
             let rows = stmt
                 .query_map(params![from as i64, to as i64], |r| Ok((r.get(0)?, r.get(1)?)))
