@@ -80,3 +80,38 @@ async fn prometheus_scrapes_the_table_metrics() {
     assert_eq!(published, Some(2.0));
     edge.stop().await;
 }
+
+/// Every series the shipped Grafana dashboard queries is one Edge exposes
+/// (a renamed metric would otherwise leave an empty panel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_dashboard_queries_exposed_series() {
+    let edge = TestEdge::start("").await;
+    let url = format!("http://{}/metrics", edge.admin);
+    let out = tokio::task::spawn_blocking(move || Command::new("curl").args(["-sS", "-m", "5", &url]).output())
+        .await
+        .unwrap()
+        .expect("curl");
+    let metrics = String::from_utf8(out.stdout).unwrap();
+    let exposed: std::collections::BTreeSet<&str> =
+        metrics.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/grafana/edge.json");
+    let dashboard: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("edge_") {
+                    assert!(
+                        exposed.contains(word),
+                        "panel {:?} queries {word}, which Edge does not expose",
+                        panel["title"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} series checked");
+    edge.stop().await;
+}
