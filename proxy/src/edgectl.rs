@@ -346,6 +346,8 @@ fn render_changes(b: &Value) -> String {
             b["version"],
             changes.len()
         );
+    } else if let (Some(v), true) = (b["version"].as_u64(), changes.is_empty() && b.get("from").is_none()) {
+        let _ = writeln!(out, "no change: the table stays at version {v}");
     } else if let Some(v) = b["version"].as_u64() {
         let _ = writeln!(out, "version {v}: {} change(s)", changes.len());
     } else if let (Some(from), Some(to)) = (b["from"].as_u64(), b["to"].as_u64()) {

@@ -54,6 +54,8 @@ async fn the_readme_tour() {
     assert!(member.starts_with("version 4: 4 change(s)"), "{member}");
     let rolled = ok(config, &["rollback", "1"]);
     assert!(rolled.starts_with("version 5: 5 change(s)"), "{rolled}");
+    let same = ok(config, &["site", "move", "alice-blog", "--to", "mosh12"]);
+    assert_eq!(same, "no change: the table stays at version 5\n");
     let sites = ok(config, &["--json", "get", "sites"]);
     let sites: serde_json::Value = serde_json::from_str(&sites).unwrap();
     assert_eq!(sites["entities"].as_array().unwrap().len(), 1);

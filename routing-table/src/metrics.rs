@@ -55,7 +55,7 @@ impl TableMetrics {
                     .buckets(buckets),
             )?,
         };
-        for result in ["applied", "rejected", "conflict", "failed"] {
+        for result in ["applied", "unchanged", "rejected", "conflict", "failed"] {
             m.transactions.with_label_values(&[result]);
         }
         Ok(m)
@@ -90,6 +90,10 @@ impl TableMetrics {
             _ => "rejected",
         };
         self.transactions.with_label_values(&[result]).inc();
+    }
+
+    pub(crate) fn unchanged(&self) {
+        self.transactions.with_label_values(&["unchanged"]).inc();
     }
 
     pub(crate) fn failed(&self) {

@@ -48,7 +48,8 @@ pub enum OpenError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// A committed transaction.
+/// A committed transaction. `changes` is empty, and `version` the current
+/// one, when the transaction changed nothing.
 #[derive(Debug, Clone, Serialize)]
 pub struct Committed {
     pub version: u64,
@@ -133,8 +134,10 @@ impl Table {
 
     /// What `txn` would change, checked against the current snapshot.
     pub fn dry_run(&self, txn: &Transaction) -> Result<DryRun, TxnError> {
-        let applied = transaction::apply(&self.load(), txn)?;
-        Ok(DryRun { version: applied.snapshot.version(), changes: applied.changes })
+        let base = self.load();
+        let applied = transaction::apply(&base, txn)?;
+        let version = if applied.changes.is_empty() { base.version() } else { applied.snapshot.version() };
+        Ok(DryRun { version, changes: applied.changes })
     }
 
     /// Validates, commits and publishes `txn`.
@@ -208,6 +211,11 @@ impl Writer {
                 return Err(e.into());
             }
         };
+        if applied.changes.is_empty() {
+            // Nothing to publish: no new version, no history line, no SOA bump.
+            self.shared.metrics.unchanged();
+            return Ok(Committed { version: base.version(), changes: applied.changes });
+        }
         let version = applied.snapshot.version();
         let commit = Commit { version, time_ms: now_ms(), who, txn: &txn, changes: &applied.changes };
         let stored = Instant::now();

@@ -173,3 +173,25 @@ async fn evacuate_moves_every_route_of_a_backend() {
     assert_eq!(snap.backend_ref_count("mosh40"), 6);
     table.apply(txn(r#"{"ops":[{"op":"delete","kind":"backend","name":"mosh12"}]}"#), who()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_transaction_that_changes_nothing_makes_no_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = open(dir.path());
+    table.apply(txn(SEED), who()).await.unwrap();
+    let mut versions = table.subscribe();
+    versions.borrow_and_update();
+    let same = r#"{"ops":[{"op":"move_site","site":"alice-blog","to":"mosh12"}]}"#;
+    let done = table.apply(txn(same), who()).await.unwrap();
+    assert_eq!(done.version, 1);
+    assert!(done.changes.is_empty());
+    assert_eq!(table.dry_run(&txn(same)).unwrap().version, 1);
+    assert!(!versions.has_changed().unwrap());
+    assert_eq!(table.history(None, 10).await.unwrap().len(), 1);
+    // A guard still applies to a no-op.
+    let guarded = r#"{"if_version":0,"ops":[{"op":"move_site","site":"alice-blog","to":"mosh12"}]}"#;
+    assert!(matches!(
+        table.apply(txn(guarded), who()).await,
+        Err(ApplyError::Rejected(TxnError::VersionConflict { .. }))
+    ));
+}
