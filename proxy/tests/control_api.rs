@@ -9,7 +9,7 @@ use std::process::Command;
 
 use http::StatusCode;
 use serde_json::json;
-use support::TestEdge;
+use support::{curl_as_nobody, TestEdge};
 
 #[tokio::test]
 async fn status_and_seeded_table() {
@@ -195,35 +195,6 @@ async fn curl_works_on_the_socket() {
     edge.stop().await;
 }
 
-/// Runs curl as uid 65534 (nobody) against the socket; returns its output
-/// and the HTTP status as the last line.
-async fn curl_as_nobody(socket: &std::path::Path, path: &str) -> String {
-    let socket = socket.to_path_buf();
-    let url = format!("http://edge{path}");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "curl",
-                "-sS",
-                "-m",
-                "10",
-                "-w",
-                "\n%{http_code}",
-                "--unix-socket",
-            ])
-            .arg(&socket)
-            .arg(url)
-            .output()
-            .expect("setpriv (util-linux) and curl")
-    })
-    .await
-    .unwrap();
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 async fn open_to_all(edge: &TestEdge) {
     for dir in [edge.dir.path(), edge.socket.parent().unwrap()] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -241,22 +212,23 @@ async fn peers_not_allowed_get_403() {
     );
     let edge = TestEdge::start("mode = \"0666\"").await;
     open_to_all(&edge).await;
-    let text = curl_as_nobody(&edge.socket, "/v1/status").await;
-    assert!(text.ends_with("403"), "{text}");
-    assert!(text.contains("uid 65534 is not allowed"), "{text}");
+    let got = curl_as_nobody(&edge.socket, "/v1/status").await;
+    assert_eq!(got.code, "403", "{}", got.output);
+    assert!(got.output.contains("uid 65534 is not allowed"), "{}", got.output);
     assert_eq!(edge.client.get("/v1/status").await.unwrap().status, StatusCode::OK);
     edge.stop().await;
 
     let edge = TestEdge::start("mode = \"0666\"\nallow_uids = [65534]").await;
     open_to_all(&edge).await;
-    let text = curl_as_nobody(&edge.socket, "/v1/status").await;
-    assert!(text.ends_with("200"), "{text}");
+    let got = curl_as_nobody(&edge.socket, "/v1/status").await;
+    assert_eq!(got.code, "200", "{}", got.output);
     edge.stop().await;
 
     // With the default mode 0660 the kernel refuses the connection itself.
     let edge = TestEdge::start("").await;
     open_to_all(&edge).await;
-    let text = curl_as_nobody(&edge.socket, "/v1/status").await;
-    assert!(text.starts_with("\n000") && text.contains("Couldn't connect"), "{text}");
+    let got = curl_as_nobody(&edge.socket, "/v1/status").await;
+    assert_eq!(got.code, "000", "{}", got.output);
+    assert!(got.output.contains("Couldn't connect"), "{}", got.output);
     edge.stop().await;
 }

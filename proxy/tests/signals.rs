@@ -7,37 +7,10 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use support::{config_text, eventually, EdgeProcess};
+use support::{config_text, curl_as_nobody, eventually, EdgeProcess};
 
 fn signal(edge: &EdgeProcess, sig: &str) {
     assert!(Command::new("kill").args([sig, &edge.child.id().to_string()]).status().unwrap().success());
-}
-
-async fn curl_as_nobody(socket: std::path::PathBuf) -> String {
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "curl",
-                "-sS",
-                "-m",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--unix-socket",
-            ])
-            .arg(&socket)
-            .arg("http://edge/v1/status")
-            .output()
-            .expect("setpriv and curl")
-    })
-    .await
-    .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,12 +28,12 @@ async fn sighup_reloads_the_allow_list_and_keeps_a_good_config() {
     let mut edge = EdgeProcess::spawn(&config, &socket);
     edge.ready().await;
     std::fs::set_permissions(dir.path().join("var"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    assert_eq!(curl_as_nobody(socket.clone()).await, "403");
+    assert_eq!(curl_as_nobody(&socket, "/v1/status").await.code, "403");
 
     std::fs::write(&config, config_text(dir.path(), "mode = \"0666\"\nallow_uids = [65534]")).unwrap();
     signal(&edge, "-HUP");
     eventually(10, "the reloaded allow-list", || async {
-        (curl_as_nobody(socket.clone()).await == "200").then_some(())
+        (curl_as_nobody(&socket, "/v1/status").await.code == "200").then_some(())
     })
     .await;
 
@@ -69,14 +42,14 @@ async fn sighup_reloads_the_allow_list_and_keeps_a_good_config() {
     signal(&edge, "-HUP");
     let client = proxy::control::client::Client::new(&socket);
     assert!(client.get("/v1/status").await.unwrap().status.is_success());
-    assert_eq!(curl_as_nobody(socket.clone()).await, "200");
+    assert_eq!(curl_as_nobody(&socket, "/v1/status").await.code, "200");
     assert!(edge.child.try_wait().unwrap().is_none(), "edge exited on a bad SIGHUP");
     // Signals are handled in order: once a later good reload shows, the bad
     // one was handled before it and Edge survived it.
     std::fs::write(&config, config_text(dir.path(), "mode = \"0666\"")).unwrap();
     signal(&edge, "-HUP");
     eventually(10, "the allow-list emptied again", || async {
-        (curl_as_nobody(socket.clone()).await == "403").then_some(())
+        (curl_as_nobody(&socket, "/v1/status").await.code == "403").then_some(())
     })
     .await;
 

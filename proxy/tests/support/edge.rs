@@ -135,3 +135,41 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// What curl, run as uid 65534 (nobody), got from the control socket.
+pub struct NobodyCurl {
+    /// HTTP status, `000` when the connection failed.
+    pub code: String,
+    /// Body and curl's own messages.
+    pub output: String,
+}
+
+/// Runs curl as uid 65534 against `path` on the control socket.
+pub async fn curl_as_nobody(socket: &Path, path: &str) -> NobodyCurl {
+    let socket = socket.to_path_buf();
+    let url = format!("http://edge{path}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "curl",
+                "-sS",
+                "-m",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(&socket)
+            .arg(url)
+            .output()
+            .expect("setpriv (util-linux) and curl")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    NobodyCurl { code: code.to_string(), output: format!("{body}{}", String::from_utf8_lossy(&out.stderr)) }
+}
