@@ -7,8 +7,9 @@ set -euo pipefail
 
 run_pkgs=(build-essential pkg-config cmake curl ca-certificates)
 # prometheus: interop test of /metrics; util-linux: setpriv for the peer-uid
-# test; sqlite3: admins inspect the store with it (docs/routing-table.md).
-test_pkgs=(prometheus util-linux sqlite3)
+# test; procps: kill(1) for the signal tests; sqlite3: admins inspect the
+# store with it (docs/routing-table.md).
+test_pkgs=(prometheus util-linux procps sqlite3)
 
 want=("${run_pkgs[@]}")
 [ "${1:-run}" = test ] && want+=("${test_pkgs[@]}")

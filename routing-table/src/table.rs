@@ -46,6 +46,8 @@ pub enum OpenError {
     Invalid { version: u64, source: TxnError },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot start the table writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A committed transaction. `changes` is empty, and `version` the current
