@@ -102,9 +102,16 @@ impl Snapshot {
 
     /// The site serving `host` (as sent by a client: any case, maybe a
     /// trailing dot, no port). Exact names win; then the longest wildcard.
+    /// ASCII input (what HTTP clients send) is looked up without allocating;
+    /// a Unicode name is converted to punycode first.
     pub fn site_for_host(&self, host: &str) -> Option<HostMatch<'_>> {
-        let buf = HostBuf::new(host)?;
-        let host = buf.as_str();
+        match HostBuf::new(host) {
+            Some(buf) => self.site_for_ascii_host(buf.as_str()),
+            None => self.site_for_ascii_host(&crate::name::host(host).ok()?),
+        }
+    }
+
+    fn site_for_ascii_host(&self, host: &str) -> Option<HostMatch<'_>> {
         if let Some((_, site)) = self.hosts.get(host) {
             return Some(HostMatch { site, alias: is_alias(site, host), wildcard: false });
         }
@@ -140,22 +147,22 @@ impl Snapshot {
         self.backends.get(&self.mail_login(user)?.backend)
     }
 
+    /// The mail domain, case-insensitively; a Unicode domain (SMTPUTF8) is
+    /// converted to punycode first.
     pub fn mail_domain(&self, domain: &str) -> Option<&Arc<MailDomain>> {
-        self.mail_domains.get(HostBuf::new(domain)?.as_str())
+        match HostBuf::new(domain) {
+            Some(buf) => self.mail_domains.get(buf.as_str()),
+            None => self.mail_domains.get(&crate::name::host(domain).ok()?),
+        }
     }
 
     /// Routes an inbound recipient `local@domain`: a per-address override
     /// (also tried without a `+detail`), else the domain's backend.
     pub fn recipient(&self, address: &str) -> Recipient<'_> {
-        let Some(buf) = HostBuf::new(address) else {
-            return Recipient::UnknownDomain;
-        };
-        let Some((local, domain)) = buf.as_str().rsplit_once('@') else {
-            return Recipient::UnknownDomain;
-        };
-        let Some(d) = self.mail_domains.get(domain) else {
-            return Recipient::UnknownDomain;
-        };
+        let Some((local, domain)) = address.rsplit_once('@') else { return Recipient::UnknownDomain };
+        let Some(d) = self.mail_domain(domain) else { return Recipient::UnknownDomain };
+        let Some(local) = HostBuf::new(local) else { return Recipient::UnknownDomain };
+        let local = local.as_str();
         let base = local.split_once('+').map_or(local, |(b, _)| b);
         let backend = d.overrides.get(local).or_else(|| d.overrides.get(base)).unwrap_or(&d.backend);
         self.backends.get(backend).map_or(Recipient::Unavailable, |b| Recipient::Routed(b))

@@ -195,3 +195,21 @@ async fn a_transaction_that_changes_nothing_makes_no_version() {
         Err(ApplyError::Rejected(TxnError::VersionConflict { .. }))
     ));
 }
+
+#[test]
+fn unicode_names_on_the_wire_find_their_punycode_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = open(dir.path());
+    let json = r#"{"ops":[
+      {"op":"put","entity":{"kind":"backend","name":"m","addresses":["10.0.0.1"]}},
+      {"op":"put","entity":{"kind":"site","name":"books","hosts":["Bücher.test","*.bücher.test"],"backends":[{"backend":"m"}]}},
+      {"op":"put","entity":{"kind":"mail_domain","domain":"bücher.test","backend":"m"}}]}"#;
+    table.apply_blocking(txn(json), who()).unwrap();
+    let snap = table.load();
+    assert_eq!(&*snap.site("books").unwrap().hosts()[0], "xn--bcher-kva.test");
+    assert_eq!(&*snap.site_for_host("BÜCHER.test.").unwrap().site.name, "books");
+    assert!(snap.site_for_host("www.bücher.test").unwrap().wildcard);
+    assert_eq!(&*snap.site_for_host("xn--bcher-kva.test").unwrap().site.name, "books");
+    assert!(matches!(snap.recipient("anna@Bücher.test"), Recipient::Routed(_)));
+    assert!(snap.site_for_host("bü cher.test").is_none());
+}
