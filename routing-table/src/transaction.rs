@@ -13,7 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::entity::{BackendState, Entity, EntityKey, FieldError, Kind};
-use crate::name::{self, Name};
+use crate::name::Name;
 use crate::snapshot::Snapshot;
 
 /// What an admin asks for: operations plus an optional version guard.
@@ -371,16 +371,11 @@ pub fn undo_ops(net: &[Change]) -> Vec<Op> {
         .collect()
 }
 
-/// Names of the entities a list of changes touches, per kind (for logs).
+/// How many entities of each kind a list of changes touches (for logs).
 pub fn summary(changes: &[Change]) -> BTreeMap<Kind, usize> {
     let mut out = BTreeMap::new();
     for c in changes {
         *out.entry(c.kind).or_insert(0) += 1;
     }
     out
-}
-
-/// Checks a name the way a transaction would (for CLI and API paths).
-pub fn normalize(kind: Kind, raw: &str) -> Result<Name, name::NameError> {
-    kind.normalize_name(raw)
 }
