@@ -52,10 +52,16 @@ async fn the_readme_tour() {
 
     let member = ok(config, &["member", "move", "alice", "--to", "mosh40", "--databases-to", "mosh12"]);
     assert!(member.starts_with("version 4: 4 change(s)"), "{member}");
+    let evacuated = ok(config, &["backend", "evacuate", "mosh12", "--to", "mosh40"]);
+    assert!(evacuated.starts_with("version 5: 1 change(s)\n  ~ database alice_wp"), "{evacuated}");
+    let removed = ok(config, &["site", "rm", "shop"]);
+    assert!(removed.starts_with("version 6: 1 change(s)\n  - site shop"), "{removed}");
     let rolled = ok(config, &["rollback", "1"]);
-    assert!(rolled.starts_with("version 5: 5 change(s)"), "{rolled}");
+    assert!(rolled.starts_with("version 7: 5 change(s)"), "{rolled}");
     let same = ok(config, &["site", "move", "alice-blog", "--to", "mosh12"]);
-    assert_eq!(same, "no change: the table stays at version 5\n");
+    assert_eq!(same, "no change: the table stays at version 7\n");
+    let again = edgectl(config, &["rollback", "1"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("the table at version 1 is the same as now"));
     let sites = ok(config, &["--json", "get", "sites"]);
     let sites: serde_json::Value = serde_json::from_str(&sites).unwrap();
     assert_eq!(sites["entities"].as_array().unwrap().len(), 1);
