@@ -11,6 +11,13 @@ run_pkgs=(build-essential pkg-config cmake curl ca-certificates)
 # store with it (docs/routing-table.md).
 test_pkgs=(prometheus util-linux procps sqlite3)
 
+# The test script runs clippy and rustfmt; a minimal rustup profile lacks them.
+if [ "${1:-run}" = test ] && command -v rustup >/dev/null 2>&1; then
+    for c in clippy rustfmt; do
+        rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+    done
+fi
+
 want=("${run_pkgs[@]}")
 [ "${1:-run}" = test ] && want+=("${test_pkgs[@]}")
 
