@@ -273,8 +273,9 @@ async fn call(client: &Client, command: Command) -> Result<(Answer, Style), Stri
     })
 }
 
+/// Percent-encodes a path segment or query value.
 fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 fn read_file_json(path: &Path) -> Result<Value, String> {

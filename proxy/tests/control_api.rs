@@ -23,6 +23,15 @@ async fn status_and_seeded_table() {
     assert_eq!(site.body["entity"]["hosts"], json!(["blog.alice.test", "*.alice.test"]));
     let login = edge.client.get("/v1/table/mail_logins/alice%40alice.test").await.unwrap();
     assert_eq!(login.body["entity"]["backend"], "mosh12");
+    // `+` is part of a login, not a space, in paths and queries alike.
+    let add = json!({"ops": [{"op": "put", "entity": {"kind": "mail_login", "user": "bob+lists@alice.test", "backend": "mosh40"}}]});
+    edge.client.post("/v1/transactions", &add).await.unwrap();
+    let plus = edge.client.get("/v1/table/mail_logins/bob+lists@alice.test").await.unwrap();
+    assert_eq!(plus.body["entity"]["backend"], "mosh40", "{:?}", plus.body);
+    let q = edge.client.get("/v1/lookup?mail_user=bob+lists@alice.test").await.unwrap();
+    assert_eq!(q.body["backend"]["name"], "mosh40", "{:?}", q.body);
+    let q = edge.client.get("/v1/lookup?mail_user=bob%2Blists%40alice.test").await.unwrap();
+    assert_eq!(q.body["backend"]["name"], "mosh40", "{:?}", q.body);
     let mode = std::fs::metadata(&edge.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     edge.stop().await;

@@ -302,12 +302,15 @@ fn flag(query: &HashMap<String, String>, name: &str) -> bool {
     query.get(name).is_some_and(|v| matches!(v.as_str(), "" | "1" | "true" | "yes"))
 }
 
+/// Query parameters, percent-decoded. `+` stays a `+` (it is part of
+/// logins such as `bob+lists@example.org`); clients encode spaces as `%20`.
 fn parse_query(query: Option<&str>) -> HashMap<String, String> {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
+    let pairs = query.unwrap_or("").split('&').filter(|p| !p.is_empty());
+    pairs.map(|p| p.split_once('=').unwrap_or((p, ""))).map(|(k, v)| (percent_decode(k), percent_decode(v))).collect()
 }
 
 fn percent_decode(raw: &str) -> String {
-    form_urlencoded::parse(format!("x={raw}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned()
 }
 
 /// Reads a JSON body of at most `max` bytes into `T`, naming the field of
@@ -365,5 +368,10 @@ mod tests {
     #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("alice%40alice.test"), "alice@alice.test");
+        assert_eq!(percent_decode("bob+x%2By"), "bob+x+y");
+        let q = parse_query(Some("host=a.test&flag&x=%20"));
+        assert_eq!(q["host"], "a.test");
+        assert_eq!(q["flag"], "");
+        assert_eq!(q["x"], " ");
     }
 }
