@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, Guard};
 use serde::Serialize;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::metrics::TableMetrics;
 use crate::snapshot::Snapshot;
@@ -51,12 +51,17 @@ pub enum OpenError {
 }
 
 /// A committed transaction. `changes` is empty, and `version` the current
-/// one, when the transaction changed nothing.
+/// one, when the transaction changed nothing. Cloning it is cheap: the
+/// changes are shared with every subscriber.
 #[derive(Debug, Clone, Serialize)]
 pub struct Committed {
     pub version: u64,
-    pub changes: Vec<Change>,
+    pub changes: Arc<[Change]>,
 }
+
+/// How many published change sets a slow subscriber may fall behind before
+/// it gets `RecvError::Lagged` (and must resynchronise from a snapshot).
+pub const CHANGES_BACKLOG: usize = 1024;
 
 /// What a transaction would do, without doing it.
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +84,7 @@ enum Command {
 struct Shared {
     current: ArcSwap<Snapshot>,
     versions: watch::Sender<u64>,
+    changes: broadcast::Sender<Committed>,
     metrics: TableMetrics,
 }
 
@@ -101,7 +107,8 @@ impl Table {
             transaction::build(version, loaded.entities).map_err(|source| OpenError::Invalid { version, source })?;
         metrics.published(&snapshot, None);
         let (versions, _) = watch::channel(version);
-        let shared = Arc::new(Shared { current: ArcSwap::from_pointee(snapshot), versions, metrics });
+        let (changes, _) = broadcast::channel(CHANGES_BACKLOG);
+        let shared = Arc::new(Shared { current: ArcSwap::from_pointee(snapshot), versions, changes, metrics });
         let (commands, rx) = mpsc::channel();
         let describe: Arc<str> = store.describe().into();
         let writer = Writer { shared: shared.clone(), store };
@@ -121,9 +128,17 @@ impl Table {
         self.shared.current.load_full()
     }
 
-    /// Receives every newly published version.
+    /// Receives the latest published version (intermediate ones may be
+    /// skipped): for subscribers that only need "something changed".
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.versions.subscribe()
+    }
+
+    /// Receives every published version with its changes, in order, for
+    /// subscribers that act on what changed (session kicks, cache purges,
+    /// NOTIFY). Each change set is sent after its snapshot is live.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Committed> {
+        self.shared.changes.subscribe()
     }
 
     pub fn store_description(&self) -> &str {
@@ -216,7 +231,7 @@ impl Writer {
         if applied.changes.is_empty() {
             // Nothing to publish: no new version, no history line, no SOA bump.
             self.shared.metrics.unchanged();
-            return Ok(Committed { version: base.version(), changes: applied.changes });
+            return Ok(Committed { version: base.version(), changes: Arc::from([]) });
         }
         let version = applied.snapshot.version();
         let commit = Commit { version, time_ms: now_ms(), who, txn: &txn, changes: &applied.changes };
@@ -227,19 +242,21 @@ impl Writer {
             return Err(e.into());
         }
         let commit_time = stored.elapsed();
+        let committed = Committed { version, changes: applied.changes.into() };
         self.shared.current.store(Arc::new(applied.snapshot));
         self.shared.versions.send_replace(version);
+        let _ = self.shared.changes.send(committed.clone()); // no subscribers is fine
         let snapshot = self.shared.current.load();
         self.shared.metrics.published(&snapshot, Some((started.elapsed() - commit_time, commit_time)));
         tracing::info!(
             version,
             origin = %who.origin,
             uid = ?who.uid,
-            changed = applied.changes.len(),
-            summary = ?transaction::summary(&applied.changes),
+            changed = committed.changes.len(),
+            summary = ?transaction::summary(&committed.changes),
             "table version published"
         );
-        Ok(Committed { version, changes: applied.changes })
+        Ok(committed)
     }
 
     fn rollback(&mut self, to: u64, if_version: Option<u64>, who: &Who) -> Result<Committed, ApplyError> {

@@ -213,3 +213,24 @@ fn unicode_names_on_the_wire_find_their_punycode_entries() {
     assert!(matches!(snap.recipient("anna@Bücher.test"), Recipient::Routed(_)));
     assert!(snap.site_for_host("bü cher.test").is_none());
 }
+
+#[tokio::test]
+async fn subscribers_learn_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = open(dir.path());
+    let mut changes = table.subscribe_changes();
+    table.apply(txn(SEED), who()).await.unwrap();
+    table.apply(txn(r#"{"ops":[{"op":"move_site","site":"alice-blog","to":"mosh40"}]}"#), who()).await.unwrap();
+    // A no-op publishes nothing.
+    table.apply(txn(r#"{"ops":[{"op":"move_site","site":"alice-blog","to":"mosh40"}]}"#), who()).await.unwrap();
+    table.rollback(1, None, who()).await.unwrap();
+    let first = changes.recv().await.unwrap();
+    assert_eq!((first.version, first.changes.len()), (1, 8));
+    let moved = changes.recv().await.unwrap();
+    assert_eq!(moved.version, 2);
+    assert_eq!(moved.changes[0].kind, Kind::Site);
+    assert_eq!(&*moved.changes[0].name, "alice-blog");
+    let rolled = changes.recv().await.unwrap();
+    assert_eq!(rolled.version, 3);
+    assert!(changes.try_recv().is_err());
+}
