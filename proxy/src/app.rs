@@ -88,6 +88,8 @@ impl Edge {
     /// Serves until `shutdown` turns true; `reload` receives new configs
     /// (SIGHUP) and applies what can change live.
     pub async fn serve(self, shutdown: watch::Receiver<bool>, mut reload: watch::Receiver<Option<Config>>) {
+        // Every listener is bound: tell systemd (Type=notify), if it asked.
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
         let access = self.control.access_handle();
         let api = Arc::new(Api::new(self.table.clone()));
         let control = tokio::spawn(self.control.serve(api, shutdown.clone()));
@@ -96,15 +98,30 @@ impl Edge {
             while reload.changed().await.is_ok() {
                 let next = reload.borrow_and_update().clone();
                 if let Some(config) = next {
+                    notify_systemd(&[sd_notify::NotifyState::Reloading]);
                     access.store(Arc::new(config.control.access.clone()));
                     tracing::info!(path = %config.path.display(), "configuration reloaded: control allow-list");
+                    notify_systemd(&[sd_notify::NotifyState::Ready]);
                 }
             }
         });
+        let mut stopping = shutdown.clone();
+        crate::signals::stopped(&mut stopping).await;
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
         let _ = control.await;
         let _ = admin.await;
         reloader.abort();
         tracing::info!(version = self.table.load().version(), "edge stopped");
+    }
+}
+
+/// Sends a state to systemd when it runs Edge with `Type=notify`
+/// (`NOTIFY_SOCKET` set); does nothing otherwise.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(states) {
+            tracing::warn!(error = %e, "could not notify systemd");
+        }
     }
 }
 

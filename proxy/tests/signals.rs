@@ -56,3 +56,32 @@ async fn sighup_reloads_the_allow_list_and_keeps_a_good_config() {
     assert!(edge.terminate().success());
     assert!(!socket.exists());
 }
+
+/// Under systemd (`Type=notify`), Edge says READY=1 only once its control
+/// socket is bound, and STOPPING=1 when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_systemd_when_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config(dir.path(), "");
+    let socket = dir.path().join("var/control.sock");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .spawn()
+        .unwrap();
+    let mut edge = EdgeProcess { child, socket: socket.clone(), config };
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("no READY=1 within 30 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(socket.exists(), "READY=1 came before the control socket was bound");
+    edge.ready().await;
+    signal(&edge, "-TERM");
+    let n = notify.recv(&mut buf).expect("no STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(edge.child.wait().unwrap().success());
+}
