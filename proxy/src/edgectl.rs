@@ -273,9 +273,13 @@ async fn call(client: &Client, command: Command) -> Result<(Answer, Style), Stri
     })
 }
 
+/// Everything but RFC 3986's unreserved characters is percent-encoded.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Percent-encodes a path segment or query value.
 fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 fn read_file_json(path: &Path) -> Result<Value, String> {
@@ -474,6 +478,12 @@ mod tests {
         assert_eq!(parse_backend("mosh12").unwrap(), json!({"backend": "mosh12"}));
         assert_eq!(parse_backend("mosh12:8080@3").unwrap(), json!({"backend": "mosh12", "port": 8080, "weight": 3}));
         assert!(parse_backend("mosh12:http").is_err());
+    }
+
+    #[test]
+    fn path_segments_keep_unreserved_characters() {
+        assert_eq!(enc("alice-blog.v2_x~"), "alice-blog.v2_x~");
+        assert_eq!(enc("bob+lists@x y/z"), "bob%2Blists%40x%20y%2Fz");
     }
 
     #[test]

@@ -120,15 +120,18 @@ impl Api {
 
     /// Answers one request. Never panics on input; always JSON.
     pub async fn handle(&self, req: Request<Incoming>, peer: Peer, max_body: usize) -> Response<Full<Bytes>> {
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let reply = if peer.allowed {
             self.route(req, peer, max_body).await
         } else {
             Err(ApiError::new(StatusCode::FORBIDDEN, format!("uid {} is not allowed on the control socket", peer.uid)))
         };
-        match reply {
-            Ok(body) => respond(StatusCode::OK, &body),
-            Err(e) => respond(e.status, &json!({ "error": e })),
-        }
+        let (status, body) = match reply {
+            Ok(body) => (StatusCode::OK, body),
+            Err(e) => (e.status, json!({ "error": e })),
+        };
+        log_request(&method, &path, peer, status, &body);
+        respond(status, &body)
     }
 
     async fn route(&self, req: Request<Incoming>, peer: Peer, max_body: usize) -> Reply {
@@ -270,6 +273,20 @@ impl Api {
         };
         let changes = self.table.diff(from, to).await?;
         Ok(json!({ "from": from, "to": to, "changes": changes }))
+    }
+}
+
+/// One line per request: changes at INFO (the audit trail of who tried
+/// what), reads at DEBUG, refused peers at WARN. Bodies are not logged.
+fn log_request(method: &Method, path: &str, peer: Peer, status: StatusCode, body: &Value) {
+    let version = body["version"].as_u64();
+    let error = body["error"]["message"].as_str();
+    if status == StatusCode::FORBIDDEN {
+        tracing::warn!(%method, path, uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "control request refused");
+    } else if method == Method::GET {
+        tracing::debug!(%method, path, uid = peer.uid, status = status.as_u16(), "control request");
+    } else {
+        tracing::info!(%method, path, uid = peer.uid, pid = ?peer.pid, status = status.as_u16(), version, error, "control request");
     }
 }
 
