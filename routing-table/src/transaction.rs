@@ -139,8 +139,7 @@ pub fn apply(base: &Snapshot, txn: &Transaction) -> Result<Applied, TxnError> {
     for (i, op) in txn.ops.iter().enumerate() {
         work.op(i, op)?;
     }
-    work.check()?;
-    let changes = work.changes();
+    let changes = work.finish(true)?;
     let mut snapshot = work.snap;
     snapshot.version = base.version() + 1;
     Ok(Applied { snapshot, changes })
@@ -153,7 +152,7 @@ pub fn build(version: u64, entities: Vec<Entity>) -> Result<Snapshot, TxnError> 
     for (i, e) in entities.into_iter().enumerate() {
         work.put(i, e, false)?;
     }
-    work.check()?;
+    work.finish(false)?;
     let mut snapshot = work.snap;
     snapshot.version = version;
     Ok(snapshot)
@@ -279,14 +278,25 @@ impl Work {
         }
     }
 
-    /// Final-state checks over what this transaction touched.
-    fn check(&self) -> Result<(), TxnError> {
-        for (key, t) in &self.touched {
-            match self.snap.get(key) {
-                Some(entity) => self.check_refs(t.op, &entity)?,
-                None => self.check_unused(t.op, key)?,
+    /// Final-state checks over what this transaction touched, and (when
+    /// asked) the list of changes, built from the same copy of each entity.
+    fn finish(&mut self, want_changes: bool) -> Result<Vec<Change>, TxnError> {
+        let mut changes = Vec::new();
+        for (key, t) in std::mem::take(&mut self.touched) {
+            let after = self.snap.get(&key);
+            match &after {
+                Some(entity) => self.check_refs(t.op, entity)?,
+                None => self.check_unused(t.op, &key)?,
+            }
+            if want_changes && after != t.before {
+                changes.push(Change { kind: key.kind, name: key.name, before: t.before, after });
             }
         }
+        self.check_claims()?;
+        Ok(changes)
+    }
+
+    fn check_claims(&self) -> Result<(), TxnError> {
         for (host, claimer, displaced, op) in &self.claims {
             let still_claimed = self.snap.site(displaced).is_some_and(|s| s.host_keys().any(|h| &h == host));
             let claimer_holds = self.snap.host_owner(host).is_some_and(|s| &s.name == claimer);
@@ -329,21 +339,6 @@ impl Work {
             ));
         }
         Ok(())
-    }
-
-    fn changes(&self) -> Vec<Change> {
-        self.touched
-            .iter()
-            .filter_map(|(key, t)| {
-                let after = self.snap.get(key);
-                (after != t.before).then(|| Change {
-                    kind: key.kind,
-                    name: key.name.clone(),
-                    before: t.before.clone(),
-                    after,
-                })
-            })
-            .collect()
     }
 }
 
