@@ -2,7 +2,6 @@
 //! One registry serves every service of the process.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -78,9 +77,4 @@ fn text(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
-}
-
-/// The address the admin listener is bound to (for tests on port 0).
-pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
-    listener.local_addr().ok()
 }

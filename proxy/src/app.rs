@@ -78,7 +78,7 @@ impl Edge {
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        crate::admin::local_addr(&self.admin)
+        self.admin.local_addr().ok()
     }
 
     pub fn control_path(&self) -> &Path {

@@ -392,7 +392,7 @@ impl Entity {
 macro_rules! named {
     ($($t:ty => $f:ident),*) => {$(
         impl Named for $t {
-            fn name(&self) -> &str {
+            fn name(&self) -> &Name {
                 &self.$f
             }
         }

@@ -29,9 +29,10 @@ impl<V: Clone> Keyed for (Name, V) {
     }
 }
 
-/// Something with a name, stored in a map as `Arc<Self>`.
+/// Something with a name, stored in a map as `Arc<Self>`. The name is the
+/// shared `Name`, so keys can be handed out without copying the string.
 pub trait Named {
-    fn name(&self) -> &str;
+    fn name(&self) -> &Name;
 }
 
 impl<T: Named> Keyed for Arc<T> {

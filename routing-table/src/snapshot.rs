@@ -232,7 +232,7 @@ impl Snapshot {
     /// Names of every entity of `kind`, sorted.
     pub fn names(&self, kind: Kind) -> Vec<Name> {
         fn keys<T: Named>(m: &ShardedMap<Arc<T>>) -> Vec<Name> {
-            m.iter().map(|e| Name::from(e.name())).collect()
+            m.iter().map(|e| e.name().clone()).collect()
         }
         let mut names = match kind {
             Kind::Backend => keys(&self.backends),
@@ -366,7 +366,7 @@ impl Snapshot {
     /// evacuation, which is rare and touches that many routes anyway).
     pub(crate) fn users_of_backend(&self, backend: &str) -> Vec<EntityKey> {
         fn scan<V: Named>(out: &mut Vec<EntityKey>, kind: Kind, m: &ShardedMap<Arc<V>>, uses: impl Fn(&V) -> bool) {
-            out.extend(m.iter().filter(|v| uses(v)).map(|v| EntityKey { kind, name: v.name().into() }));
+            out.extend(m.iter().filter(|v| uses(v)).map(|v| EntityKey { kind, name: v.name().clone() }));
         }
         let mut out = Vec::new();
         if self.backend_ref_count(backend) == 0 {
