@@ -31,6 +31,8 @@ pub enum StartError {
     Admin { addr: SocketAddr, source: std::io::Error },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Dns(#[from] dnsd::BindError),
 }
 
 /// A started Edge: table open, listeners bound, nothing served yet.
@@ -39,6 +41,7 @@ pub struct Edge {
     registry: Registry,
     control: ControlListener,
     admin: TcpListener,
+    dns: Option<dnsd::Dnsd>,
 }
 
 impl Edge {
@@ -63,14 +66,22 @@ impl Edge {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|source| StartError::Admin { addr: config.admin_listen, source })?;
+        let dns = match &config.dns {
+            Some(settings) => {
+                let metrics = dnsd::DnsMetrics::register(&registry)?;
+                Some(dnsd::Dnsd::bind(settings.clone(), table.clone(), metrics).await?)
+            }
+            None => None,
+        };
         tracing::info!(
             version = table.load().version(),
             store = table.store_description(),
             control = %control.path().display(),
             admin = %config.admin_listen,
+            dns = ?dns.as_ref().map(|d| d.local_addrs()),
             "edge started"
         );
-        Ok(Edge { table, registry, control, admin })
+        Ok(Edge { table, registry, control, admin, dns })
     }
 
     pub fn table(&self) -> &Table {
@@ -79,6 +90,11 @@ impl Edge {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.local_addr().ok()
+    }
+
+    /// Where dnsd answers (UDP and TCP), when it is configured.
+    pub fn dns_addrs(&self) -> &[SocketAddr] {
+        self.dns.as_ref().map_or(&[], |d| d.local_addrs())
     }
 
     pub fn control_path(&self) -> &Path {
@@ -94,6 +110,7 @@ impl Edge {
         let api = Arc::new(Api::new(self.table.clone()));
         let control = tokio::spawn(self.control.serve(api, shutdown.clone()));
         let admin = tokio::spawn(crate::admin::serve(self.admin, self.registry, shutdown.clone()));
+        let dns = self.dns.map(|d| tokio::spawn(d.serve(shutdown.clone())));
         let reloader = tokio::spawn(async move {
             while reload.changed().await.is_ok() {
                 let next = reload.borrow_and_update().clone();
@@ -110,6 +127,9 @@ impl Edge {
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
         let _ = control.await;
         let _ = admin.await;
+        if let Some(dns) = dns {
+            let _ = dns.await;
+        }
         reloader.abort();
         tracing::info!(version = self.table.load().version(), "edge stopped");
     }

@@ -31,6 +31,9 @@ struct FileConfig {
     admin: FileAdmin,
     #[serde(default)]
     log: FileLog,
+    /// No section: no DNS listener.
+    #[serde(default)]
+    dns: Option<dnsd::DnsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +187,8 @@ pub struct Config {
     pub control: ControlConfig,
     pub admin_listen: SocketAddr,
     pub log_level: String,
+    /// The internal DNS server, when the file has a `[dns]` section.
+    pub dns: Option<dnsd::Settings>,
 }
 
 impl Config {
@@ -220,6 +225,7 @@ impl Config {
             return Err(invalid("log.level", format!("`{}` is not a level or filter", file.log.level)));
         }
         let seed = file.store.seed.filter(|p| !p.as_os_str().is_empty());
+        let dns = file.dns.map(|d| d.validate()).transpose().map_err(|(key, reason)| invalid(key, reason))?;
         Ok(Config {
             path: path.into(),
             control: ControlConfig {
@@ -234,6 +240,7 @@ impl Config {
             seed,
             admin_listen: file.admin.listen,
             log_level: file.log.level,
+            dns,
         })
     }
 }
@@ -271,5 +278,9 @@ mod tests {
         assert!(e.contains("listen"), "{e}");
         let e = parse("[store]\nkind = \"etcd\"\n").unwrap_err();
         assert!(e.contains("`store.kind`"), "{e}");
+        let e = parse("[dns]\nzone = \"a..b\"\n").unwrap_err();
+        assert!(e.contains("`dns.zone`"), "{e}");
+        let e = parse("[dns]\nzones = \"x\"\n").unwrap_err();
+        assert!(e.contains("unknown field `zones`"), "{e}");
     }
 }

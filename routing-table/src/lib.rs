@@ -24,8 +24,8 @@ pub mod table;
 pub mod transaction;
 
 pub use entity::{
-    Backend, BackendState, Database, DnsName, Entity, EntityKey, Kind, MailDomain, MailLogin, Member, Protection,
-    SftpLogin, Site,
+    Backend, BackendState, Database, DnsName, DnsRecord, Entity, EntityKey, Kind, MailDomain, MailLogin, Member,
+    Protection, RecordType, SftpLogin, Site,
 };
 pub use metrics::TableMetrics;
 pub use name::Name;

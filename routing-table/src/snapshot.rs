@@ -37,6 +37,11 @@ pub struct Snapshot {
     backend_refs: ShardedMap<(Name, u32)>,
     /// Member → keys of everything it owns.
     member_index: ShardedMap<(Name, OrdSet<EntityKey>)>,
+    /// Each proper ancestor of an owner name in the internal zone (relative
+    /// to the zone: `mysql` for `db1.mysql`) → how many owners sit below it.
+    /// dnsd tells an empty non-terminal (NODATA) from a missing name
+    /// (NXDOMAIN) with it.
+    dns_parents: ShardedMap<(Name, u32)>,
 }
 
 /// A site found for a host name.
@@ -183,6 +188,28 @@ impl Snapshot {
 
     pub fn dns_name(&self, name: &str) -> Option<&Arc<DnsName>> {
         self.dns_names.get(HostBuf::new(name)?.as_str())
+    }
+
+    /// Whether any owner name of the internal zone sits below `name` (given
+    /// relative to the zone, lowercase, like `mysql` or `_tcp.host`): such a
+    /// name exists even when nothing is stored at it (an empty non-terminal).
+    pub fn dns_has_children(&self, name: &str) -> bool {
+        self.dns_parents.contains_key(name)
+    }
+
+    /// Every database, in no particular order (for zone transfers).
+    pub fn databases(&self) -> impl Iterator<Item = &Arc<Database>> {
+        self.databases.iter()
+    }
+
+    /// Every backend, in no particular order (for zone transfers).
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.backends.iter()
+    }
+
+    /// Every extra DNS name, in no particular order (for zone transfers).
+    pub fn dns_names(&self) -> impl Iterator<Item = &Arc<DnsName>> {
+        self.dns_names.iter()
     }
 
     /// How many routes name this backend.
@@ -339,6 +366,19 @@ impl Snapshot {
     }
 
     fn index(&mut self, entity: &Entity, delta: i64) {
+        if let Some(owner) = dns_owner(entity) {
+            // Every proper suffix: `a.b.c` counts for `b.c` and `c`.
+            let mut rest: &str = &owner;
+            while let Some((_, parent)) = rest.split_once('.') {
+                let count = i64::from(self.dns_parents.get(parent).map_or(0, |e| e.1)) + delta;
+                if count > 0 {
+                    self.dns_parents.insert((parent.into(), count as u32));
+                } else {
+                    self.dns_parents.remove(parent);
+                }
+                rest = parent;
+            }
+        }
         for backend in entity.backends() {
             let count = i64::from(self.backend_ref_count(backend)) + delta;
             if count > 0 {
@@ -399,5 +439,16 @@ fn unwrap_arc<T: Clone>(a: Arc<T>) -> T {
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot").field("version", &self.version).field("counts", &self.counts()).finish()
+    }
+}
+
+/// The owner name an entity gives the internal zone, relative to the zone:
+/// `<db>.mysql` for a database, the backend's name, the extra name itself.
+fn dns_owner(entity: &Entity) -> Option<std::borrow::Cow<'_, str>> {
+    match entity {
+        Entity::Database(d) => Some(format!("{}.mysql", d.name).into()),
+        Entity::Backend(b) => Some((&*b.name).into()),
+        Entity::DnsName(n) if &*n.name != "@" => Some((&*n.name).into()),
+        _ => None,
     }
 }
