@@ -181,6 +181,24 @@ fn zone_transfers_over_tcp_to_allowed_peers_only() {
 }
 
 #[test]
+fn a_large_zone_is_transferred_in_several_messages() {
+    let dns = TestDns::start("");
+    let ops: Vec<String> = (0..3000)
+        .map(|i| format!(r#"{{"op":"put","entity":{{"kind":"database","name":"db{i}","server":"mosh40"}}}}"#))
+        .collect();
+    dns.apply(&format!(r#"{{"ops":[{}]}}"#, ops.join(",")));
+    let out = dns.dig(&format!("{Z} AXFR"));
+    let size = out.lines().find(|l| l.starts_with(";; XFR size:")).unwrap_or_else(|| panic!("{out}"));
+    // ";; XFR size: 3028 records (messages 12, bytes 123456)"
+    let records: usize = size.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let messages: usize = size.split("messages ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+    assert!(records > 3000, "{size}");
+    assert!(messages > 1, "{size}");
+    let db = out.lines().find(|l| l.starts_with("db2999.mysql.mayfirst.local.")).unwrap_or_else(|| panic!("{size}"));
+    assert!(db.ends_with("A\t10.0.0.40"), "{db}");
+}
+
+#[test]
 fn a_move_is_seen_by_the_next_query_with_a_higher_serial() {
     let dns = TestDns::start("");
     let serial = |dns: &TestDns| -> u64 {

@@ -234,3 +234,30 @@ async fn subscribers_learn_what_changed() {
     assert_eq!(rolled.version, 3);
     assert!(changes.try_recv().is_err());
 }
+
+#[test]
+fn dns_parents_follow_puts_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = open(dir.path());
+    table.apply_blocking(txn(SEED), who()).unwrap();
+    let snap = table.load();
+    assert!(snap.dns_has_children("mysql"), "a database makes `mysql` an empty non-terminal");
+    assert!(!snap.dns_has_children("alice_wp.mysql"));
+    table
+        .apply_blocking(
+            txn(r#"{"ops":[
+              {"op":"put","entity":{"kind":"dns_name","name":"_sip._tcp.x","records":[{"type":"TXT","value":"a"}]}},
+              {"op":"put","entity":{"kind":"dns_name","name":"_xmpp._tcp.x","records":[{"type":"TXT","value":"b"}]}}]}"#),
+            who(),
+        )
+        .unwrap();
+    let snap = table.load();
+    assert!(snap.dns_has_children("_tcp.x") && snap.dns_has_children("x"));
+    assert!(!snap.dns_has_children("_sip._tcp.x") && !snap.dns_has_children("y"));
+    table.apply_blocking(txn(r#"{"ops":[{"op":"delete","kind":"dns_name","name":"_sip._tcp.x"}]}"#), who()).unwrap();
+    assert!(table.load().dns_has_children("_tcp.x"), "one owner is left below");
+    table.apply_blocking(txn(r#"{"ops":[{"op":"delete","kind":"dns_name","name":"_xmpp._tcp.x"}]}"#), who()).unwrap();
+    table.apply_blocking(txn(r#"{"ops":[{"op":"delete","kind":"database","name":"alice_wp"}]}"#), who()).unwrap();
+    let snap = table.load();
+    assert!(!snap.dns_has_children("_tcp.x") && !snap.dns_has_children("x") && !snap.dns_has_children("mysql"));
+}

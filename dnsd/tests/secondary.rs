@@ -1,0 +1,117 @@
+//! A real secondary: Knot DNS (Debian's `knot`), started by the test on a
+//! loopback port as a secondary of dnsd. It transfers the zone with AXFR;
+//! after a move, dnsd's NOTIFY makes it transfer again, and it serves the new
+//! serial and the moved address.
+
+mod support;
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{eventually, TestDns};
+
+struct Knot {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Knot {
+    fn start_secondary(primary: std::net::SocketAddr, port: u16) -> Knot {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let conf = format!(
+            r#"server:
+    rundir: "{d}"
+    pidfile: "{d}/knot.pid"
+    listen: 127.0.0.1@{port}
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+database:
+    storage: "{d}/db"
+control:
+    listen: "{d}/knot.sock"
+log:
+  - target: stderr
+    any: info
+remote:
+  - id: primary
+    address: {ip}@{pport}
+acl:
+  - id: notify-from-primary
+    address: {ip}
+    action: notify
+template:
+  - id: default
+    storage: "{d}/zones"
+    journal-content: none
+    zonefile-sync: -1
+zone:
+  - domain: mayfirst.local
+    master: primary
+    acl: notify-from-primary
+"#,
+            ip = primary.ip(),
+            pport = primary.port()
+        );
+        let path = dir.path().join("knot.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("knotd")
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("knot.log")).unwrap())
+            .spawn()
+            .expect("knotd runs (scripts/install-deps.sh test installs Debian's knot)");
+        Knot { child, port, _dir: dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("knot.log")).unwrap_or_default()
+    }
+
+    fn dig(&self, args: &str) -> String {
+        support::run("dig", &format!("@127.0.0.1 -p {} +time=1 +tries=1 +short {args}", self.port))
+    }
+
+    fn serial(&self) -> Option<u64> {
+        self.dig("mayfirst.local SOA").split_whitespace().nth(2)?.parse().ok()
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // Free for UDP; knotd binds UDP and TCP on it.
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+#[test]
+fn knot_follows_dnsd_through_axfr_and_notify() {
+    let port = free_port();
+    let dns = TestDns::start(&format!("notify = [\"127.0.0.1:{port}\"]\nrefresh = 3600\nretry = 3600\n"));
+    let knot = Knot::start_secondary(dns.addr, port);
+    let v1 = dns.table.load().version();
+    // The first transfer, at start.
+    eventually(Duration::from_secs(20), || (knot.serial() == Some(v1)).then_some(()));
+    assert_eq!(knot.dig("alice_wp.mysql.mayfirst.local A").trim(), "10.0.0.12", "{}", knot.log());
+    assert_eq!(knot.dig("_mysql._tcp.alice.mayfirst.local SRV").trim(), "0 5 3306 alice_wp.mysql.mayfirst.local.");
+    // A move. The refresh timer is an hour: only NOTIFY can bring it over.
+    let v2 = dns.apply(
+        r#"{"ops":[{"op":"put","entity":{"kind":"database","name":"alice_wp","member":"alice","server":"mosh40"}}]}"#,
+    );
+    eventually(Duration::from_secs(10), || (knot.serial() == Some(v2)).then_some(()));
+    assert_eq!(knot.dig("alice_wp.mysql.mayfirst.local A").trim(), "10.0.0.40", "{}", knot.log());
+    let text = dns.metrics_text();
+    assert!(text.contains("edge_dns_notifies_total{result=\"acked\"}"), "{text}");
+    assert!(!text.contains("edge_dns_transfers_total{result=\"done\"} 0"), "{text}");
+}
