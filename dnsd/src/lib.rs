@@ -10,10 +10,12 @@
 //! - [`zone`]: which names exist and what they hold, over a snapshot;
 //! - [`answer`]: one query in, one answer out;
 //! - [`server`]: UDP sockets (SO_REUSEPORT, a thread each) and TCP;
-//! - [`transfer`]: AXFR to secondaries; [`notify`]: NOTIFY on each version.
+//! - [`transfer`]: AXFR to secondaries; [`notify`]: NOTIFY on each version;
+//! - [`import`]: a BIND zone file into one table transaction.
 
 pub mod answer;
 pub mod config;
+pub mod import;
 pub mod metrics;
 pub mod notify;
 pub mod server;

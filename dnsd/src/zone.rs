@@ -70,9 +70,10 @@ impl ZoneParams {
         if !self.origin.zone_of(name) {
             return None;
         }
-        let keep = name.num_labels() - self.origin.num_labels();
+        // Not `num_labels`, which leaves out a leading `*` (RFC 4034).
+        let keep = name.iter().count() - self.origin.iter().count();
         let mut out = String::with_capacity(name.len());
-        for (i, label) in name.iter().take(keep as usize).enumerate() {
+        for (i, label) in name.iter().take(keep).enumerate() {
             if i > 0 {
                 out.push('.');
             }

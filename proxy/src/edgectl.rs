@@ -39,6 +39,9 @@ enum Command {
     /// Add, list, drain or evacuate backends.
     #[command(subcommand)]
     Backend(BackendCmd),
+    /// The internal DNS zone.
+    #[command(subcommand)]
+    Dns(DnsCmd),
     /// Apply a transaction file (JSON: {"ops": [...]}).
     Apply {
         file: PathBuf,
@@ -128,6 +131,23 @@ enum MemberCmd {
 }
 
 #[derive(Subcommand)]
+enum DnsCmd {
+    /// Import a BIND zone file in one transaction: `<db>.mysql` names become
+    /// databases, other names extra records (see docs/dns.md).
+    Import {
+        file: PathBuf,
+        /// Zone origin (default: `[dns] zone` from --config, else mayfirst.local).
+        #[arg(long)]
+        zone: Option<String>,
+        /// Keep the file's TTLs instead of the `[dns] ttl` default.
+        #[arg(long)]
+        keep_ttl: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum BackendCmd {
     Add {
         name: String,
@@ -157,7 +177,7 @@ enum BackendCmd {
 pub async fn run(cli: Cli) -> Result<(), String> {
     let client = Client::new(socket_path(&cli));
     let json_out = cli.json;
-    let (answer, style) = call(&client, cli.command).await?;
+    let (answer, style) = call(&client, &cli.config, cli.command).await?;
     if let Some(message) = answer.error_message() {
         return Err(message);
     }
@@ -179,8 +199,10 @@ fn socket_path(cli: &Cli) -> PathBuf {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Style {
+    /// A zone import: its summary, then the version line (not every change).
+    Import(String),
     Status,
     Changes,
     Entity,
@@ -190,7 +212,7 @@ enum Style {
     Raw,
 }
 
-async fn call(client: &Client, command: Command) -> Result<(Answer, Style), String> {
+async fn call(client: &Client, config: &Path, command: Command) -> Result<(Answer, Style), String> {
     let e = |e: crate::control::client::ClientError| e.to_string();
     let txn = |dry_run: bool| {
         if dry_run {
@@ -241,6 +263,34 @@ async fn call(client: &Client, command: Command) -> Result<(Answer, Style), Stri
         Command::Backend(BackendCmd::Evacuate { name, to, dry_run }) => {
             let body = json!({ "to": to, "dry_run": dry_run });
             (client.post(&format!("/v1/backends/{}/evacuate", enc(&name)), &body).await.map_err(e)?, Style::Changes)
+        }
+        Command::Dns(DnsCmd::Import { file, zone, keep_ttl, dry_run }) => {
+            let zone = zone.unwrap_or_else(|| match Config::load(config).ok().and_then(|c| c.dns) {
+                Some(dns) => dns.zone.origin.to_ascii(),
+                None => "mayfirst.local".into(),
+            });
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let backends = client.get("/v1/table/backends").await.map_err(e)?;
+            if let Some(message) = backends.error_message() {
+                return Err(message);
+            }
+            let known: Vec<dnsd::import::KnownBackend> = backends.body["entities"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| dnsd::import::KnownBackend {
+                    name: b["name"].as_str().unwrap_or_default().to_string(),
+                    addresses: b["addresses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a.as_str()?.parse().ok())
+                        .collect(),
+                })
+                .collect();
+            let (body, summary) = dnsd::import::zone_file(&text, &zone, &known, keep_ttl)
+                .map_err(|m| format!("{}: {m}", file.display()))?;
+            (client.post(txn(dry_run), &body).await.map_err(e)?, Style::Import(summary.to_string()))
         }
         Command::Apply { file, dry_run } => {
             let body = read_file_json(&file)?;
@@ -314,6 +364,10 @@ fn parse_backend(spec: &str) -> Result<Value, String> {
 fn render(style: Style, body: &Value) -> String {
     match style {
         Style::Status => render_status(body),
+        Style::Import(summary) => {
+            let changes = render_changes(body);
+            format!("imported: {summary}\n{}\n", changes.lines().next().unwrap_or_default())
+        }
         Style::Changes => render_changes(body),
         Style::Entity => format!("version {}\n{}\n", body["version"], pretty(&body["entity"])),
         Style::Entities => render_entities(body),

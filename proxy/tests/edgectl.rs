@@ -119,3 +119,53 @@ fn check_config_accepts_good_and_names_bad_keys() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend `ghost`"));
 }
+
+/// `edgectl dns import` takes a BIND zone file in one transaction (dry run
+/// first), and the edge's dnsd answers the imported names at once. A file
+/// with records the table cannot hold changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_import_then_dig() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = write_config(dir.path(), &format!("[dns]\nlisten = [\"127.0.0.1:{port}\"]\n"));
+    let mut edge = EdgeProcess::spawn(&config, &dir.path().join("var/control.sock"));
+    edge.ready().await;
+    let config = config.as_path();
+    let zone = dir.path().join("mayfirst.local.zone");
+    std::fs::write(
+        &zone,
+        "$ORIGIN mayfirst.local.\n$TTL 3600\n@ IN SOA ns1 hostmaster 2026010101 7200 3600 1209600 300\n@ IN NS ns1\n\
+         db7.mysql IN A 127.0.0.12\ndb8.mysql IN A 10.1.0.8\nwiki IN CNAME db8.mysql\n",
+    )
+    .unwrap();
+    let zone = zone.to_str().unwrap();
+    let dry = ok(config, &["dns", "import", zone, "--dry-run"]);
+    assert!(dry.starts_with("imported: 2 database(s), 1 new backend(s), 1 extra name(s)"), "{dry}");
+    assert!(dry.contains("dry run: would make version 2"), "{dry}");
+    assert!(ok(config, &["status"]).starts_with("version 1\n"));
+    let done = ok(config, &["dns", "import", zone]);
+    assert!(done.contains("version 2: 4 change(s)"), "{done}");
+    let dig = |name: &str| {
+        let out = Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port.to_string(), "+short", "+time=2", "+tries=1", name])
+            .output()
+            .expect("dig runs (scripts/install-deps.sh test installs it)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // db7 went to the existing backend with that address (mosh12).
+    assert_eq!(dig("db7.mysql.mayfirst.local"), "127.0.0.12");
+    assert_eq!(dig("wiki.mayfirst.local"), "db8.mysql.mayfirst.local.\n10.1.0.8");
+    let db7 = ok(config, &["get", "database", "db7"]);
+    assert!(db7.contains("\"server\": \"mosh12\""), "{db7}");
+
+    std::fs::write(
+        dir.path().join("bad.zone"),
+        "$ORIGIN mayfirst.local.\n$TTL 60\nx IN A 10.0.0.1\ny IN PTR z.example.\n",
+    )
+    .unwrap();
+    let out = edgectl(config, &["dns", "import", dir.path().join("bad.zone").to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("y: PTR records are not supported") && err.contains("nothing was imported"), "{err}");
+    assert!(ok(config, &["status"]).starts_with("version 2\n"));
+}
