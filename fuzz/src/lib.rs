@@ -69,3 +69,46 @@ pub fn names(data: &[u8]) {
         let _ = demo().recipient(text);
     }
 }
+
+fn dns_zone() -> &'static dnsd::zone::ZoneParams {
+    static ZONE: OnceLock<dnsd::zone::ZoneParams> = OnceLock::new();
+    ZONE.get_or_init(|| dnsd::DnsConfig::default().validate().expect("default [dns] is valid").zone)
+}
+
+/// Bytes received by dnsd: as one UDP datagram, as one TCP message, and as
+/// a TCP stream of length-prefixed messages. The server must not panic, and
+/// every reply must parse, answer the query's ID with QR set, and fit the
+/// UDP limit; a transfer must encode into messages that parse.
+pub fn dns_query(data: &[u8]) {
+    use dnsd::answer::{answer, Outcome, Peer, Transport, MAX_UDP_PAYLOAD};
+    let allow: [dnsd::config::Network; 1] = ["127.0.0.1".parse().expect("network")];
+    let check = |packet: &[u8], transport: Transport| {
+        let peer = Peer { ip: [127, 0, 0, 1].into(), transport, allow_transfer: &allow };
+        match answer(dns_zone(), demo(), packet, peer).0 {
+            Outcome::Drop => assert!(packet.len() < 12 || packet[2] & 0x80 != 0, "only runts and responses are dropped"),
+            Outcome::Reply(reply) => {
+                let m = hickory_proto::op::Message::from_vec(&reply).expect("every reply parses");
+                assert_eq!(m.metadata.id.to_be_bytes(), [packet[0], packet[1]]);
+                assert_eq!(m.metadata.message_type, hickory_proto::op::MessageType::Response);
+                if transport == Transport::Udp {
+                    assert!(reply.len() <= usize::from(MAX_UDP_PAYLOAD), "{} bytes over UDP", reply.len());
+                }
+            }
+            Outcome::Transfer(query) => {
+                assert_eq!(transport, Transport::Tcp, "no transfer over UDP");
+                for msg in dnsd::transfer::messages(dns_zone(), demo(), &query) {
+                    hickory_proto::op::Message::from_vec(&msg).expect("transfer messages parse");
+                }
+            }
+        }
+    };
+    check(data, Transport::Udp);
+    check(data, Transport::Tcp);
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let Some(msg) = rest.get(2..2 + len) else { break };
+        check(msg, Transport::Tcp);
+        rest = &rest[2 + len..];
+    }
+}

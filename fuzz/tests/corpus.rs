@@ -23,3 +23,8 @@ fn control_request_corpus() {
 fn names_corpus() {
     replay("names", edge_fuzz::names);
 }
+
+#[test]
+fn dns_query_corpus() {
+    replay("dns_query", edge_fuzz::dns_query);
+}
