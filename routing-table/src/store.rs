@@ -96,4 +96,7 @@ pub trait Store: Send + 'static {
     fn entry(&mut self, version: u64) -> Result<HistoryEntry, StoreError>;
     /// The changes of versions `from+1 ..= to`, oldest first.
     fn changes(&mut self, from: u64, to: u64) -> Result<Vec<Change>, StoreError>;
+    /// The latest durable version (a follower polls it to see another
+    /// process's commits).
+    fn version(&mut self) -> Result<u64, StoreError>;
 }

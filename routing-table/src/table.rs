@@ -34,6 +34,8 @@ pub enum ApplyError {
     Unchanged(u64),
     #[error("the table writer has stopped")]
     Closed,
+    #[error("this table is a read-only follower of a store another process writes; change it through that process")]
+    ReadOnly,
 }
 
 /// Why the table could not be opened.
@@ -100,7 +102,24 @@ pub struct Table {
 
 impl Table {
     /// Loads the table from `store` and starts the writer thread.
-    pub fn open(mut store: Box<dyn Store>, metrics: TableMetrics) -> Result<Table, OpenError> {
+    pub fn open(store: Box<dyn Store>, metrics: TableMetrics) -> Result<Table, OpenError> {
+        Self::start(store, metrics, None)
+    }
+
+    /// A read-only table that follows a store another process writes (the
+    /// standalone dnsd beside `edge`): every `poll` it reads the store's
+    /// version and applies the stored changes since its own, publishing
+    /// them like the writer does. Writes are refused with
+    /// [`ApplyError::ReadOnly`]; history and diff work.
+    pub fn follow(store: Box<dyn Store>, metrics: TableMetrics, poll: std::time::Duration) -> Result<Table, OpenError> {
+        Self::start(store, metrics, Some(poll))
+    }
+
+    fn start(
+        mut store: Box<dyn Store>,
+        metrics: TableMetrics,
+        follow: Option<std::time::Duration>,
+    ) -> Result<Table, OpenError> {
         let loaded = store.load()?;
         let version = loaded.version;
         let snapshot =
@@ -111,7 +130,7 @@ impl Table {
         let shared = Arc::new(Shared { current: ArcSwap::from_pointee(snapshot), versions, changes, metrics });
         let (commands, rx) = mpsc::channel();
         let describe: Arc<str> = store.describe().into();
-        let writer = Writer { shared: shared.clone(), store };
+        let writer = Writer { shared: shared.clone(), store, follow };
         thread::Builder::new().name("table-writer".into()).spawn(move || writer.run(rx)).map_err(|e| {
             StoreError::Corrupt { path: describe.to_string(), what: "writer thread".into(), reason: e.to_string() }
         })?;
@@ -199,12 +218,32 @@ impl Table {
 struct Writer {
     shared: Arc<Shared>,
     store: Box<dyn Store>,
+    /// Set for a follower: how often to look for other writers' versions.
+    follow: Option<std::time::Duration>,
 }
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
-        while let Ok(cmd) = rx.recv() {
+        loop {
+            let cmd = match self.follow {
+                None => match rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => return,
+                },
+                Some(poll) => match rx.recv_timeout(poll) {
+                    Ok(cmd) => cmd,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = self.catch_up() {
+                            tracing::warn!(error = %e, "could not read new versions from the store; serving the last one");
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+            };
             match cmd {
+                Command::Apply { reply, .. } if self.follow.is_some() => drop(reply.send(Err(ApplyError::ReadOnly))),
+                Command::Rollback { reply, .. } if self.follow.is_some() => drop(reply.send(Err(ApplyError::ReadOnly))),
                 Command::Apply { txn, who, reply } => drop(reply.send(self.apply(txn, &who))),
                 Command::Rollback { to, if_version, who, reply } => {
                     drop(reply.send(self.rollback(to, if_version, &who)))
@@ -257,6 +296,37 @@ impl Writer {
             "table version published"
         );
         Ok(committed)
+    }
+
+    /// A follower's step: applies the versions another process committed
+    /// since ours, as one publication.
+    fn catch_up(&mut self) -> Result<(), StoreError> {
+        let base = self.shared.current.load_full();
+        let stored = self.store.version()?;
+        if stored <= base.version() {
+            return Ok(());
+        }
+        let changes = self.store.changes(base.version(), stored)?;
+        let mut next = (*base).clone();
+        for c in &changes {
+            match &c.after {
+                Some(entity) => drop(next.put(entity.clone())),
+                None => drop(next.delete(&c.key())),
+            }
+        }
+        next.version = stored;
+        let committed = Committed { version: stored, changes: changes.into() };
+        self.shared.current.store(Arc::new(next));
+        self.shared.versions.send_replace(stored);
+        let _ = self.shared.changes.send(committed.clone());
+        self.shared.metrics.published(&self.shared.current.load(), None);
+        tracing::info!(
+            version = stored,
+            from = base.version(),
+            changed = committed.changes.len(),
+            "followed the store"
+        );
+        Ok(())
     }
 
     fn rollback(&mut self, to: u64, if_version: Option<u64>, who: &Who) -> Result<Committed, ApplyError> {

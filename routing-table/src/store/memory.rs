@@ -98,4 +98,8 @@ impl Store for MemoryStore {
         }
         Ok(out)
     }
+
+    fn version(&mut self) -> Result<u64, StoreError> {
+        Ok(self.version)
+    }
 }

@@ -224,6 +224,10 @@ impl Store for SqliteStore {
         }
         Ok(out)
     }
+
+    fn version(&mut self) -> Result<u64, StoreError> {
+        self.meta("version")
+    }
 }
 
 fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> String {
