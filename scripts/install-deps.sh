@@ -8,8 +8,10 @@ set -euo pipefail
 run_pkgs=(build-essential pkg-config cmake curl ca-certificates)
 # prometheus: interop test of /metrics; util-linux: setpriv for the peer-uid
 # test; procps: kill(1) for the signal tests; sqlite3: admins inspect the
-# store with it (docs/routing-table.md).
-test_pkgs=(prometheus util-linux procps sqlite3)
+# store with it (docs/routing-table.md); bind9-dnsutils (dig) and
+# knot-dnsutils (kdig): dnsd's answers as clients see them; knot: a real
+# secondary that transfers dnsd's zone.
+test_pkgs=(prometheus util-linux procps sqlite3 bind9-dnsutils knot-dnsutils knot)
 
 # The test script runs clippy and rustfmt; a minimal rustup profile lacks them.
 if [ "${1:-run}" = test ] && command -v rustup >/dev/null 2>&1; then
@@ -33,5 +35,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+# Servers the tests use (knot, prometheus) are started by the tests as their
+# own processes; keep their packages from starting system services.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

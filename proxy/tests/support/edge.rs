@@ -35,6 +35,8 @@ pub struct TestEdge {
     pub client: Client,
     pub socket: PathBuf,
     pub admin: std::net::SocketAddr,
+    /// dnsd's address, when the config has a `[dns]` section.
+    pub dns: Option<std::net::SocketAddr>,
     pub table: routing_table::Table,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -48,6 +50,7 @@ impl TestEdge {
         let edge = Edge::start(&config).await.unwrap();
         let socket = edge.control_path().to_path_buf();
         let admin = edge.admin_addr().unwrap();
+        let dns = edge.dns_addrs().first().copied();
         let table = edge.table().clone();
         let (stop, shutdown) = watch::channel(false);
         let (_reload_tx, reload) = watch::channel(None);
@@ -55,7 +58,7 @@ impl TestEdge {
             let _keep = _reload_tx;
             edge.serve(shutdown, reload).await
         });
-        TestEdge { client: Client::new(&socket), dir, socket, admin, table, stop, task }
+        TestEdge { client: Client::new(&socket), dir, socket, admin, dns, table, stop, task }
     }
 
     pub async fn stop(self) {
