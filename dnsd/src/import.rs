@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use hickory_proto::rr::{Name, RData, RecordType};
-use hickory_proto::serialize::txt::Parser;
 use serde_json::{json, Value};
+
+use crate::zonefile::{self, Data, Entry};
 
 /// A backend already in the table, to reuse for databases on its addresses.
 #[derive(Debug, Clone)]
@@ -53,44 +53,40 @@ impl std::fmt::Display for Summary {
 /// Reads `text` (a zone file for `origin`) into a transaction body
 /// (`{"comment": ..., "ops": [...]}`) for the control API.
 pub fn zone_file(text: &str, origin: &str, known: &[KnownBackend], keep_ttl: bool) -> Result<(Value, Summary), String> {
-    let origin = crate::config::fqdn(origin)?;
-    let (file_origin, sets) =
-        Parser::new(text, None, Some(origin.clone())).parse().map_err(|e| format!("zone file: {e}"))?;
-    if file_origin.to_lowercase() != origin {
-        return Err(format!("the file is for `{file_origin}`, not `{origin}`"));
-    }
+    let origin = origin.trim_end_matches('.').to_ascii_lowercase();
+    let entries = zonefile::parse(text, &origin).map_err(|e| format!("zone file: {e}"))?;
     // Group every record by owner, relative to the origin.
-    let mut names: BTreeMap<String, Vec<(RecordType, u32, RData)>> = BTreeMap::new();
+    let mut names: BTreeMap<String, Vec<&Entry>> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut summary = Summary::default();
-    for set in sets.values() {
-        let owner = set.name().to_lowercase();
-        let Some(rel) = relative(&origin, &owner) else {
-            problems.push(format!("{owner}: outside the zone {origin}"));
+    for e in &entries {
+        let rel = if e.owner == origin {
+            String::new()
+        } else if let Some(rel) = e.owner.strip_suffix(&format!(".{origin}")) {
+            rel.to_string()
+        } else {
+            problems.push(format!("line {}: {} is outside the zone {origin}", e.line, e.owner));
             continue;
         };
-        for record in set.records_without_rrsigs() {
-            let rtype = record.record_type();
-            if rel.is_empty() && matches!(rtype, RecordType::SOA | RecordType::NS) {
-                summary.skipped_apex += 1;
-                continue;
-            }
-            names.entry(rel.clone()).or_default().push((rtype, record.ttl, record.data.clone()));
+        if rel.is_empty() && matches!(e.data, Data::Soa | Data::Ns(_)) {
+            summary.skipped_apex += 1;
+            continue;
         }
+        names.entry(rel).or_default().push(e);
     }
     let mut backends: Vec<KnownBackend> = known.to_vec();
     let mut ops = Vec::new();
     for (rel, records) in &names {
-        if rel.starts_with('*') || rel.contains(".*") {
-            problems.push(format!("{rel}: wildcard names are not supported"));
+        if rel.split('.').any(|l| l == "*") {
+            problems.push(format!("line {}: {rel}: wildcard names are not supported", records[0].line));
             continue;
         }
         let db = rel.strip_suffix(".mysql").filter(|d| !d.contains('.'));
         let addresses: Vec<IpAddr> = records
             .iter()
-            .filter_map(|(_, _, d)| match d {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            .filter_map(|e| match e.data {
+                Data::A(a) => Some(IpAddr::V4(a)),
+                Data::Aaaa(a) => Some(IpAddr::V6(a)),
                 _ => None,
             })
             .collect();
@@ -112,16 +108,21 @@ pub fn zone_file(text: &str, origin: &str, known: &[KnownBackend], keep_ttl: boo
             continue;
         }
         let mut out = Vec::new();
-        for (rtype, ttl, data) in records {
-            match value(data) {
+        for e in records {
+            match value(&e.data) {
                 Some((kind, value)) => {
                     let mut r = json!({"type": kind, "value": value});
                     if keep_ttl {
-                        r["ttl"] = json!(ttl);
+                        r["ttl"] = json!(e.ttl);
                     }
                     out.push(r);
                 }
-                None => problems.push(format!("{}: {rtype} records are not supported", display(rel))),
+                None => problems.push(format!(
+                    "line {}: {}: {} records are not supported",
+                    e.line,
+                    display(rel),
+                    e.data.type_name()
+                )),
             }
         }
         summary.records += out.len();
@@ -151,42 +152,25 @@ fn display(rel: &str) -> &str {
     }
 }
 
-fn relative(origin: &Name, name: &Name) -> Option<String> {
-    if !origin.zone_of(name) {
-        return None;
-    }
-    // `num_labels` leaves out a leading `*` (RFC 4034 label count).
-    let keep = name.iter().count() - origin.iter().count();
-    let labels: Vec<String> = name.iter().take(keep).map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect();
-    Some(labels.join("."))
-}
-
 fn backend_name(addr: IpAddr) -> String {
     format!("db-{}", addr.to_string().replace(['.', ':'], "-")).trim_end_matches('-').to_string()
 }
 
-fn target(n: &Name) -> String {
-    n.to_ascii().trim_end_matches('.').to_string()
-}
-
 /// The table's type name and value for one record, or `None` for a type the
-/// table does not hold.
-fn value(data: &RData) -> Option<(&'static str, String)> {
+/// table does not hold (NS below the apex is a delegation: not held either).
+fn value(data: &Data) -> Option<(&'static str, String)> {
     Some(match data {
-        RData::A(a) => ("A", a.0.to_string()),
-        RData::AAAA(a) => ("AAAA", a.0.to_string()),
-        RData::CNAME(c) => ("CNAME", target(&c.0)),
-        RData::MX(mx) => ("MX", format!("{} {}", mx.preference, target(&mx.exchange))),
-        RData::SRV(s) => ("SRV", format!("{} {} {} {}", s.priority, s.weight, s.port, target(&s.target))),
-        RData::TXT(t) => {
-            let strings: Vec<String> = t
-                .txt_data
-                .iter()
-                .map(|s| format!("\"{}\"", String::from_utf8_lossy(s).replace('\\', "\\\\").replace('"', "\\\"")))
-                .collect();
-            ("TXT", strings.join(" "))
+        Data::A(a) => ("A", a.to_string()),
+        Data::Aaaa(a) => ("AAAA", a.to_string()),
+        Data::Cname(t) => ("CNAME", t.clone()),
+        Data::Mx(p, t) => ("MX", format!("{p} {t}")),
+        Data::Srv(p, w, port, t) => ("SRV", format!("{p} {w} {port} {t}")),
+        Data::Txt(strings) => {
+            let quoted: Vec<String> =
+                strings.iter().map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+            ("TXT", quoted.join(" "))
         }
-        _ => return None,
+        Data::Ns(_) | Data::Soa | Data::Other(_) => return None,
     })
 }
 
@@ -198,13 +182,13 @@ mod tests {
         @ IN SOA ns1.mayfirst.local. hostmaster.mayfirst.local. 2026010101 7200 3600 1209600 300\n\
         @ IN NS ns1.mayfirst.local.\n\
         ns1 IN A 127.0.0.1\n\
-        db1.mysql IN A 10.0.0.12\n\
+        alice_wp.mysql IN A 10.0.0.12\n\
         db2.mysql IN A 10.0.0.99\n\
         db3.mysql IN A 10.0.0.99\n\
         www 300 IN CNAME ns1\n\
         @ IN MX 10 mx.example.org.\n\
         @ IN TXT \"v=spf1\" \"-all\"\n\
-        _mysql._tcp IN SRV 0 5 3306 db1.mysql\n";
+        _mysql._tcp IN SRV 0 5 3306 alice_wp.mysql\n";
 
     #[test]
     fn databases_reuse_backends_and_other_names_become_extra_records() {
@@ -213,11 +197,11 @@ mod tests {
         assert_eq!(s, Summary { databases: 3, new_backends: 1, dns_names: 4, records: 5, skipped_apex: 2 }, "{body:#}");
         let ops = body["ops"].as_array().unwrap();
         let find = |name: &str| ops.iter().find(|o| o["entity"]["name"] == name).unwrap()["entity"].clone();
-        assert_eq!(find("db1")["server"], "mosh12");
+        assert_eq!(find("alice_wp")["server"], "mosh12");
         assert_eq!(find("db2")["server"], "db-10-0-0-99");
         assert_eq!(find("db3")["server"], "db-10-0-0-99");
         assert_eq!(find("www")["records"][0], json!({"type": "CNAME", "value": "ns1.mayfirst.local"}));
-        assert_eq!(find("_mysql._tcp")["records"][0]["value"], "0 5 3306 db1.mysql.mayfirst.local");
+        assert_eq!(find("_mysql._tcp")["records"][0]["value"], "0 5 3306 alice_wp.mysql.mayfirst.local");
         let apex = find("@");
         assert!(apex["records"].as_array().unwrap().contains(&json!({"type": "TXT", "value": "\"v=spf1\" \"-all\""})));
         // The transaction is one the table takes.
@@ -236,8 +220,11 @@ mod tests {
         let err = zone_file(&zone, "mayfirst.local", &[], false).unwrap_err();
         assert!(err.contains("3 record(s) cannot be imported"), "{err}");
         assert!(err.contains("*.wild: wildcard") && err.contains("ptr: PTR") && err.contains("sub: NS"), "{err}");
-        let err = zone_file(ZONE, "other.zone", &[], false).unwrap_err();
-        assert!(err.contains("not `other.zone.`") || err.contains("outside"), "{err}");
-        assert!(zone_file("@ IN A", "mayfirst.local", &[], false).unwrap_err().starts_with("zone file:"));
+        assert!(err.contains("line 13: *.wild"), "{err}");
+        let err =
+            zone_file(&ZONE.replace("$ORIGIN mayfirst.local.", "$ORIGIN other.zone."), "mayfirst.local", &[], false)
+                .unwrap_err();
+        assert!(err.contains("other.zone is outside the zone mayfirst.local"), "{err}");
+        assert!(zone_file("@ IN A", "mayfirst.local", &[], false).unwrap_err().starts_with("zone file: line 1:"));
     }
 }

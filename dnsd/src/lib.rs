@@ -11,7 +11,8 @@
 //! - [`answer`]: one query in, one answer out;
 //! - [`server`]: UDP sockets (SO_REUSEPORT, a thread each) and TCP;
 //! - [`transfer`]: AXFR to secondaries; [`notify`]: NOTIFY on each version;
-//! - [`import`]: a BIND zone file into one table transaction.
+//! - [`import`]: a BIND zone file into one table transaction ([`zonefile`]
+//!   reads the file).
 
 pub mod answer;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod notify;
 pub mod server;
 pub mod transfer;
 pub mod zone;
+pub mod zonefile;
 
 pub use config::{DnsConfig, Settings};
 pub use metrics::DnsMetrics;

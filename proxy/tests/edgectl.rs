@@ -147,7 +147,8 @@ async fn dns_import_then_dig() {
     assert!(done.contains("version 2: 4 change(s)"), "{done}");
     let dig = |name: &str| {
         let out = Command::new("dig")
-            .args(["@127.0.0.1", "-p", &port.to_string(), "+short", "+time=2", "+tries=1", name])
+            .args(["@127.0.0.1", "-p", &port.to_string(), "+short", "+time=2", "+tries=1"])
+            .args(name.split_whitespace())
             .output()
             .expect("dig runs (scripts/install-deps.sh test installs it)");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -157,6 +158,17 @@ async fn dns_import_then_dig() {
     assert_eq!(dig("wiki.mayfirst.local"), "db8.mysql.mayfirst.local.\n10.1.0.8");
     let db7 = ok(config, &["get", "database", "db7"]);
     assert!(db7.contains("\"server\": \"mosh12\""), "{db7}");
+    // The README's DNS tour: an evacuation moves the database; the next
+    // query sees it, with the serial one higher.
+    assert_eq!(dig("mayfirst.local SOA").split_whitespace().nth(2), Some("2"));
+    let evacuated = ok(config, &["backend", "evacuate", "mosh12", "--to", "mosh40"]);
+    assert!(evacuated.starts_with("version 3:"), "{evacuated}");
+    assert_eq!(dig("db7.mysql.mayfirst.local"), "127.0.0.40");
+    assert_eq!(dig("mayfirst.local SOA").split_whitespace().nth(2), Some("3"));
+    // The example zone file shipped for the tour imports cleanly.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example.zone");
+    let dry = ok(config, &["dns", "import", example.to_str().unwrap(), "--dry-run"]);
+    assert!(dry.starts_with("imported: 1 database(s), 0 new backend(s), 2 extra name(s)"), "{dry}");
 
     std::fs::write(
         dir.path().join("bad.zone"),
@@ -167,5 +179,5 @@ async fn dns_import_then_dig() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("y: PTR records are not supported") && err.contains("nothing was imported"), "{err}");
-    assert!(ok(config, &["status"]).starts_with("version 2\n"));
+    assert!(ok(config, &["status"]).starts_with("version 3\n"));
 }
