@@ -15,6 +15,7 @@
 //!   reads the file).
 
 pub mod answer;
+pub mod cache;
 pub mod config;
 pub mod import;
 pub mod metrics;

@@ -15,7 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::answer::{answer, Outcome, Peer, Transport};
+use crate::answer::{answer, Outcome, Peer, Transport, MAX_UDP_PAYLOAD};
+use crate::cache::AnswerCache;
 use crate::config::Settings;
 use crate::metrics::DnsMetrics;
 
@@ -129,6 +130,8 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 fn serve_udp(socket: UdpSocket, settings: &Settings, table: &Table, metrics: &DnsMetrics, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65_535];
+    let mut out = Vec::with_capacity(MAX_UDP_PAYLOAD.into());
+    let mut cache = AnswerCache::new();
     let mut recorder = metrics.recorder("udp");
     while !stop.load(Ordering::Relaxed) {
         let (len, from) = match socket.recv_from(&mut buf) {
@@ -142,10 +145,9 @@ fn serve_udp(socket: UdpSocket, settings: &Settings, table: &Table, metrics: &Dn
         };
         let started = Instant::now();
         let peer = Peer { ip: from.ip(), transport: Transport::Udp, allow_transfer: &settings.allow_transfer };
-        let (outcome, summary) = answer(&settings.zone, &table.load(), &buf[..len], peer);
-        if let Outcome::Reply(reply) = outcome {
+        if let Some(summary) = cache.answer_udp(&settings.zone, &table.load(), &buf[..len], peer, &mut out) {
+            let _ = socket.send_to(&out, from);
             recorder.record(summary.qtype, summary.rcode, summary.truncated, started.elapsed().as_secs_f64());
-            let _ = socket.send_to(&reply, from);
         }
     }
 }
