@@ -104,6 +104,19 @@ pub fn dns_query(data: &[u8]) {
     };
     check(data, Transport::Udp);
     check(data, Transport::Tcp);
+    // The UDP answer cache, on a miss and then on a hit, gives exactly the
+    // bytes the full path gives.
+    let peer = Peer { ip: [127, 0, 0, 1].into(), transport: Transport::Udp, allow_transfer: &allow };
+    let want = match answer(dns_zone(), demo(), data, peer).0 {
+        Outcome::Reply(bytes) => Some(bytes),
+        _ => None,
+    };
+    let mut cache = dnsd::cache::AnswerCache::new();
+    for _ in 0..2 {
+        let mut out = Vec::new();
+        let got = cache.answer_udp(dns_zone(), demo(), data, peer, &mut out).map(|_| out);
+        assert_eq!(got, want, "the cache answers like the full path");
+    }
     let mut rest = data;
     while rest.len() >= 2 {
         let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
