@@ -4,7 +4,7 @@
 //! OPT without options. Their answer depends only on the question (case
 //! aside), the EDNS size and DO bit, and the snapshot. The cache keys on
 //! exactly that, lowercased, and keeps the encoded answer built by
-//! [`answer`](crate::answer::answer) for the snapshot's version. A hit
+//! [`answer`](crate::answer::answer()) for the snapshot's version. A hit
 //! copies the bytes and patches in the query's ID, its RD and CD bits and
 //! the question name as sent (same length, same offset, so compression
 //! pointers into it stay valid and owner names keep the client's case as

@@ -95,8 +95,6 @@ async fn notify_one(settings: &Settings, target: SocketAddr, serial: u32) -> boo
 /// A message ID that differs per serial and target (not a secret: NOTIFY
 /// only prompts the secondary to check the SOA with us).
 fn rand_id(serial: u32, target: SocketAddr) -> u16 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    (serial, target).hash(&mut h);
-    h.finish() as u16
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one((serial, target)) as u16
 }

@@ -160,7 +160,7 @@ fn one_answer_never_mixes_two_versions() {
     let del = r#"{"ops":[{"op":"delete","kind":"dns_name","name":"flip"}]}"#;
     // Make the next version odd with `flip` present.
     let mut v = dns.apply(put);
-    if v % 2 == 0 {
+    if v.is_multiple_of(2) {
         dns.apply(del);
         v = dns.apply(put);
     }
