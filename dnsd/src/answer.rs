@@ -8,7 +8,8 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::{DNSClass, RData, RecordType};
 use routing_table::Snapshot;
 
-use crate::config::Network;
+use crate::config::Settings;
+use crate::tsig::{self, Checked, Signed};
 use crate::zone::ZoneParams;
 
 /// The largest UDP answer we send, whatever the client offers (the DNS flag
@@ -30,8 +31,9 @@ pub enum Outcome {
     Reply(Vec<u8>),
     /// Not a query we answer (a response, a runt): say nothing.
     Drop,
-    /// An allowed zone transfer (TCP): stream the zone for this query.
-    Transfer(Message),
+    /// An allowed zone transfer (TCP): stream the zone for this query,
+    /// signing each message when the query was signed.
+    Transfer(Message, Option<Signed>),
 }
 
 /// What one answer was, for metrics and logs.
@@ -48,16 +50,15 @@ impl Summary {
     }
 }
 
-/// Who may transfer the zone.
+/// Where a message came from.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer<'a> {
+pub struct Peer {
     pub ip: IpAddr,
     pub transport: Transport,
-    pub allow_transfer: &'a [Network],
 }
 
 /// Answers one message from `snap`.
-pub fn answer(zone: &ZoneParams, snap: &Snapshot, packet: &[u8], peer: Peer<'_>) -> (Outcome, Summary) {
+pub fn answer(settings: &Settings, snap: &Snapshot, packet: &[u8], peer: Peer) -> (Outcome, Summary) {
     let unknown = Summary::of(RecordType::Unknown(0), ResponseCode::FormErr);
     // A runt or a response: never answer (answering responses invites loops).
     if packet.len() < 12 || packet[2] & 0x80 != 0 {
@@ -68,7 +69,37 @@ pub fn answer(zone: &ZoneParams, snap: &Snapshot, packet: &[u8], peer: Peer<'_>)
         Err(_) => return (Outcome::Reply(header_only_error(packet, ResponseCode::FormErr)), unknown),
     };
     let qtype = query.queries.first().map_or(RecordType::Unknown(0), |q| q.query_type);
-    let mut resp = Response::new(&query);
+    let signed = match tsig::check(&settings.tsig_keys, packet, &query) {
+        Checked::Unsigned => None,
+        Checked::Signed(s) => Some(s),
+        Checked::Refused(ctx) => {
+            let Outcome::Reply(bytes) = Response::new(&query).error(ResponseCode::NotAuth, peer.transport) else {
+                unreachable!("error() always replies")
+            };
+            return (Outcome::Reply(tsig::sign_with(ctx, bytes)), Summary::of(qtype, ResponseCode::NotAuth));
+        }
+    };
+    match respond(settings, snap, &query, qtype, peer, signed.as_ref()) {
+        (Outcome::Reply(bytes), summary) => match signed {
+            Some(s) => (Outcome::Reply(tsig::StreamSigner::new(s).sign(bytes)), summary),
+            None => (Outcome::Reply(bytes), summary),
+        },
+        (Outcome::Transfer(q, _), summary) => (Outcome::Transfer(q, signed), summary),
+        other => other,
+    }
+}
+
+/// The answer to a parsed query whose TSIG (if any) is good; unsigned.
+fn respond(
+    settings: &Settings,
+    snap: &Snapshot,
+    query: &Message,
+    qtype: RecordType,
+    peer: Peer,
+    signed: Option<&Signed>,
+) -> (Outcome, Summary) {
+    let zone = &settings.zone;
+    let mut resp = Response::new(query);
     if query.metadata.op_code != OpCode::Query {
         return (resp.error(ResponseCode::NotImp, peer.transport), Summary::of(qtype, ResponseCode::NotImp));
     }
@@ -88,9 +119,13 @@ pub fn answer(zone: &ZoneParams, snap: &Snapshot, packet: &[u8], peer: Peer<'_>)
     }
     let Some(rel) = zone.relative(&q.name) else { return refused(resp) };
     if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-        let allowed = peer.transport == Transport::Tcp && peer.allow_transfer.iter().any(|n| n.contains(peer.ip));
-        if allowed && rel.is_empty() {
-            return (Outcome::Transfer(query), Summary::of(qtype, ResponseCode::NoError));
+        let from_allowed = settings.allow_transfer.iter().any(|n| n.contains(peer.ip));
+        let key_ok = match &settings.transfer_key {
+            None => true,
+            Some(key) => signed.is_some_and(|s| s.key_name() == key.signer_name()),
+        };
+        if peer.transport == Transport::Tcp && from_allowed && key_ok && rel.is_empty() {
+            return (Outcome::Transfer(query.clone(), None), Summary::of(qtype, ResponseCode::NoError));
         }
         return refused(resp);
     }

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use routing_table::Snapshot;
 
 use crate::answer::{answer, Outcome, Peer, Summary, Transport, MAX_UDP_PAYLOAD};
-use crate::zone::ZoneParams;
+use crate::config::Settings;
 
 /// Entries per thread before the cache starts over (about 100 bytes each).
 const MAX_ENTRIES: usize = 200_000;
@@ -50,10 +50,10 @@ impl AnswerCache {
     /// Answers a UDP query into `out`; `None` when there is nothing to send.
     pub fn answer_udp(
         &mut self,
-        zone: &ZoneParams,
+        settings: &Settings,
         snap: &Snapshot,
         packet: &[u8],
-        peer: Peer<'_>,
+        peer: Peer,
         out: &mut Vec<u8>,
     ) -> Option<Summary> {
         debug_assert_eq!(peer.transport, Transport::Udp);
@@ -75,7 +75,7 @@ impl AnswerCache {
                 return Some(hit.summary);
             }
         }
-        let (outcome, summary) = answer(zone, snap, packet, peer);
+        let (outcome, summary) = answer(settings, snap, packet, peer);
         let Outcome::Reply(bytes) = outcome else { return None };
         if qname_end.is_some() {
             if self.map.len() >= MAX_ENTRIES {
@@ -144,7 +144,6 @@ fn plain_query_key(p: &[u8], key: &mut Vec<u8>) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Network;
 
     fn query(id: u16, name: &str, flags: [u8; 2], opt: Option<[u8; 11]>) -> Vec<u8> {
         let mut p = id.to_be_bytes().to_vec();
@@ -174,10 +173,9 @@ mod tests {
     /// the same query (other ID, case, RD, EDNS size and DO).
     #[test]
     fn hits_equal_the_slow_path() {
-        let zone = crate::DnsConfig::default().validate().unwrap().zone;
+        let zone = crate::DnsConfig::default().validate().unwrap();
         let snap = table();
-        let allow: [Network; 0] = [];
-        let peer = Peer { ip: [127, 0, 0, 1].into(), transport: Transport::Udp, allow_transfer: &allow };
+        let peer = Peer { ip: [127, 0, 0, 1].into(), transport: Transport::Udp };
         let mut cache = AnswerCache::new();
         let mut out = Vec::new();
         let opt = |size: u16, flags: u8| [0, 0, 41, (size >> 8) as u8, size as u8, 0, 0, flags, 0, 0, 0];

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{Name, TSigner};
 use serde::Deserialize;
 
 /// The `[dns]` section as written. Every key has a default.
@@ -56,6 +56,13 @@ pub struct DnsConfig {
     /// Secondaries told of each new version with NOTIFY (`ip:port`).
     #[serde(default)]
     pub notify: Vec<SocketAddr>,
+    /// TSIG keys (RFC 8945). A query signed with one gets a signed answer.
+    #[serde(default)]
+    pub tsig_keys: Vec<crate::tsig::KeyConfig>,
+    /// When set, a zone transfer also needs a valid TSIG with this key, and
+    /// NOTIFYs are signed with it.
+    #[serde(default)]
+    pub transfer_key: Option<String>,
 }
 
 impl Default for DnsConfig {
@@ -77,6 +84,8 @@ impl Default for DnsConfig {
             tcp_idle_timeout_secs: default_tcp_idle_timeout(),
             allow_transfer: Vec::new(),
             notify: Vec::new(),
+            tsig_keys: Vec::new(),
+            transfer_key: None,
         }
     }
 }
@@ -162,7 +171,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// A checked `[dns]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Settings {
     pub listen: Vec<SocketAddr>,
     pub zone: crate::zone::ZoneParams,
@@ -171,7 +180,45 @@ pub struct Settings {
     pub tcp_idle_timeout: Duration,
     pub allow_transfer: Vec<Network>,
     pub notify: Vec<SocketAddr>,
+    pub tsig_keys: Vec<TSigner>,
+    pub transfer_key: Option<TSigner>,
 }
+
+impl std::fmt::Debug for Settings {
+    // Keys stay out of logs: only their names are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("zone", &self.zone)
+            .field("udp_sockets", &self.udp_sockets)
+            .field("tcp_max_connections", &self.tcp_max_connections)
+            .field("tcp_idle_timeout", &self.tcp_idle_timeout)
+            .field("allow_transfer", &self.allow_transfer)
+            .field("notify", &self.notify)
+            .field("tsig_keys", &self.tsig_keys.iter().map(|k| k.signer_name().to_string()).collect::<Vec<_>>())
+            .field("transfer_key", &self.transfer_key.as_ref().map(|k| k.signer_name().to_string()))
+            .finish()
+    }
+}
+
+impl PartialEq for Settings {
+    fn eq(&self, other: &Self) -> bool {
+        let keys =
+            |s: &Settings| s.tsig_keys.iter().map(|k| (k.signer_name().clone(), k.key().to_vec())).collect::<Vec<_>>();
+        self.listen == other.listen
+            && self.zone == other.zone
+            && self.udp_sockets == other.udp_sockets
+            && self.tcp_max_connections == other.tcp_max_connections
+            && self.tcp_idle_timeout == other.tcp_idle_timeout
+            && self.allow_transfer == other.allow_transfer
+            && self.notify == other.notify
+            && keys(self) == keys(other)
+            && self.transfer_key.as_ref().map(|k| k.signer_name())
+                == other.transfer_key.as_ref().map(|k| k.signer_name())
+    }
+}
+
+impl Eq for Settings {}
 
 impl DnsConfig {
     /// Checks every key; the error names the key (`dns.zone`) and says why.
@@ -216,6 +263,16 @@ impl DnsConfig {
             .map(|s| s.parse())
             .collect::<Result<_, _>>()
             .map_err(|e| ("dns.allow_transfer", e))?;
+        let tsig_keys: Vec<TSigner> =
+            self.tsig_keys.iter().map(|k| k.signer()).collect::<Result<_, _>>().map_err(|e| ("dns.tsig_keys", e))?;
+        let transfer_key = match &self.transfer_key {
+            None => None,
+            Some(name) => {
+                let want = fqdn(name).map_err(|e| ("dns.transfer_key", e))?;
+                let key = tsig_keys.iter().find(|k| k.signer_name().to_lowercase() == want);
+                Some(key.cloned().ok_or(("dns.transfer_key", format!("`{name}` is not in dns.tsig_keys")))?)
+            }
+        };
         let udp_sockets = match self.udp_sockets {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -239,6 +296,8 @@ impl DnsConfig {
             tcp_idle_timeout: Duration::from_secs(self.tcp_idle_timeout_secs),
             allow_transfer,
             notify: self.notify.clone(),
+            tsig_keys,
+            transfer_key,
         })
     }
 }
@@ -279,6 +338,21 @@ mod tests {
         assert_eq!(bad.validate().unwrap_err().0, "dns.zone");
         let bad = DnsConfig { allow_transfer: vec!["nope".into()], ..DnsConfig::default() };
         assert_eq!(bad.validate().unwrap_err().0, "dns.allow_transfer");
+        let key = |secret: &str| crate::tsig::KeyConfig {
+            name: "xfr".into(),
+            algorithm: "hmac-sha256".into(),
+            secret: secret.into(),
+        };
+        let bad = DnsConfig { tsig_keys: vec![key("not base64!")], ..DnsConfig::default() };
+        assert_eq!(bad.validate().unwrap_err().0, "dns.tsig_keys");
+        let good = DnsConfig {
+            tsig_keys: vec![key("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0")],
+            transfer_key: Some("other".into()),
+            ..DnsConfig::default()
+        };
+        assert_eq!(good.validate().unwrap_err().0, "dns.transfer_key");
+        let good = DnsConfig { transfer_key: Some("XFR.".into()), ..good };
+        assert!(good.validate().unwrap().transfer_key.is_some());
         let mail = DnsConfig { hostmaster: Some("admin@mayfirst.org".into()), ..DnsConfig::default() };
         assert_eq!(mail.validate().unwrap().zone.hostmaster.to_ascii(), "admin.mayfirst.org.");
     }

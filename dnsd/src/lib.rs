@@ -11,6 +11,7 @@
 //! - [`answer`]: one query in, one answer out;
 //! - [`server`]: UDP sockets (SO_REUSEPORT, a thread each) and TCP;
 //! - [`transfer`]: AXFR to secondaries; [`notify`]: NOTIFY on each version;
+//!   [`tsig`]: signed queries, answers, transfers and NOTIFYs;
 //! - [`import`]: a BIND zone file into one table transaction ([`zonefile`]
 //!   reads the file).
 
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod transfer;
+pub mod tsig;
 pub mod zone;
 pub mod zonefile;
 

@@ -2,7 +2,8 @@
 //! secondary that the zone changed, so it asks for the SOA and transfers at
 //! once instead of waiting for its refresh timer. Each NOTIFY is retried
 //! until the secondary acknowledges it or the tries run out; a newer version
-//! supersedes one still being retried.
+//! supersedes one still being retried. With a `transfer_key`, each NOTIFY
+//! is TSIG-signed with it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,7 +75,11 @@ async fn notify_one(settings: &Settings, target: SocketAddr, serial: u32) -> boo
         data.serial = serial;
     }
     msg.answers.push(soa);
-    let Ok(bytes) = msg.to_vec() else { return false };
+    let bytes = match &settings.transfer_key {
+        Some(key) => crate::tsig::sign_request(key, msg),
+        None => msg.to_vec().ok(),
+    };
+    let Some(bytes) = bytes else { return false };
     let mut wait = FIRST_WAIT;
     let mut buf = [0u8; 512];
     for _ in 0..TRIES {

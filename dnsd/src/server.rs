@@ -144,8 +144,8 @@ fn serve_udp(socket: UdpSocket, settings: &Settings, table: &Table, metrics: &Dn
             Err(_) => continue,
         };
         let started = Instant::now();
-        let peer = Peer { ip: from.ip(), transport: Transport::Udp, allow_transfer: &settings.allow_transfer };
-        if let Some(summary) = cache.answer_udp(&settings.zone, &table.load(), &buf[..len], peer, &mut out) {
+        let peer = Peer { ip: from.ip(), transport: Transport::Udp };
+        if let Some(summary) = cache.answer_udp(settings, &table.load(), &buf[..len], peer, &mut out) {
             let _ = socket.send_to(&out, from);
             recorder.record(summary.qtype, summary.rcode, summary.truncated, started.elapsed().as_secs_f64());
         }
@@ -214,17 +214,17 @@ async fn serve_tcp(stream: TcpStream, from: SocketAddr, ctx: &TcpContext) -> io:
         }
         let started = Instant::now();
         let snap = ctx.table.snapshot();
-        let peer = Peer { ip: from.ip(), transport: Transport::Tcp, allow_transfer: &ctx.settings.allow_transfer };
-        let (outcome, summary) = answer(&ctx.settings.zone, &snap, &buf, peer);
+        let peer = Peer { ip: from.ip(), transport: Transport::Tcp };
+        let (outcome, summary) = answer(&ctx.settings, &snap, &buf, peer);
         match outcome {
             Outcome::Reply(reply) => {
                 recorder.record(summary.qtype, summary.rcode, false, started.elapsed().as_secs_f64());
                 write_framed(&mut write, &reply).await?;
             }
             Outcome::Drop => {}
-            Outcome::Transfer(query) => {
+            Outcome::Transfer(query, signed) => {
                 recorder.record(summary.qtype, summary.rcode, false, started.elapsed().as_secs_f64());
-                let result = crate::transfer::send(&ctx.settings.zone, &snap, &query, &mut write).await;
+                let result = crate::transfer::send(&ctx.settings.zone, &snap, &query, signed, &mut write).await;
                 let label = if result.is_ok() { "done" } else { "failed" };
                 ctx.metrics.transfers.with_label_values(&[label]).inc();
                 tracing::info!(%from, serial = ctx.settings.zone.serial(snap.version()), result = label, "zone transfer");

@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::answer::encode;
 use crate::server::write_framed;
+use crate::tsig::{Signed, StreamSigner};
 use crate::zone::ZoneParams;
 
 /// Records per message before it is encoded; a message that still comes out
@@ -23,9 +24,15 @@ pub async fn send<W: AsyncWriteExt + Unpin>(
     zone: &ZoneParams,
     snap: &Snapshot,
     query: &Message,
+    signed: Option<Signed>,
     out: &mut W,
 ) -> io::Result<()> {
+    let mut signer = signed.map(StreamSigner::new);
     for msg in messages(zone, snap, query) {
+        let msg = match &mut signer {
+            Some(s) => s.sign(msg),
+            None => msg,
+        };
         write_framed(out, &msg).await?;
     }
     out.flush().await

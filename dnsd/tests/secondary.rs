@@ -18,11 +18,21 @@ struct Knot {
 }
 
 impl Knot {
-    fn start_secondary(primary: std::net::SocketAddr, port: u16) -> Knot {
+    /// Knot as a secondary of `primary`; with `key` (name, base64 secret),
+    /// its SOA queries and transfers are TSIG-signed, and it takes only
+    /// NOTIFYs signed with that key.
+    fn start_secondary(primary: std::net::SocketAddr, port: u16, key: Option<(&str, &str)>) -> Knot {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
+        let (keys, use_key) = match key {
+            Some((name, secret)) => (
+                format!("key:\n  - id: {name}\n    algorithm: hmac-sha256\n    secret: {secret}\n"),
+                format!("    key: {name}\n"),
+            ),
+            None => (String::new(), String::new()),
+        };
         let conf = format!(
-            r#"server:
+            r#"{keys}server:
     rundir: "{d}"
     pidfile: "{d}/knot.pid"
     listen: 127.0.0.1@{port}
@@ -39,10 +49,10 @@ log:
 remote:
   - id: primary
     address: {ip}@{pport}
-acl:
+{use_key}acl:
   - id: notify-from-primary
     address: {ip}
-    action: notify
+{use_key}    action: notify
 template:
   - id: default
     storage: "{d}/zones"
@@ -97,9 +107,25 @@ fn free_port() -> u16 {
 
 #[test]
 fn knot_follows_dnsd_through_axfr_and_notify() {
+    follow(None);
+}
+
+/// The same with TSIG: Knot signs its SOA queries and transfer requests,
+/// checks every answer, and takes only signed NOTIFYs.
+#[test]
+fn knot_follows_dnsd_with_tsig() {
+    follow(Some(("xfr.mayfirst.local", "ZWRnZS10ZXN0LXRzaWctc2VjcmV0LTAxMjM0NTY3ODk=")));
+}
+
+fn follow(key: Option<(&str, &str)>) {
     let port = free_port();
-    let dns = TestDns::start(&format!("notify = [\"127.0.0.1:{port}\"]\nrefresh = 3600\nretry = 3600\n"));
-    let knot = Knot::start_secondary(dns.addr, port);
+    let mut extra = format!("notify = [\"127.0.0.1:{port}\"]\nrefresh = 3600\nretry = 3600\n");
+    if let Some((name, secret)) = key {
+        extra
+            .push_str(&format!("transfer_key = \"{name}\"\n[[tsig_keys]]\nname = \"{name}\"\nsecret = \"{secret}\"\n"));
+    }
+    let dns = TestDns::start(&extra);
+    let knot = Knot::start_secondary(dns.addr, port, key);
     let v1 = dns.table.load().version();
     // The first transfer, at start.
     eventually(Duration::from_secs(20), || (knot.serial() == Some(v1)).then_some(()));

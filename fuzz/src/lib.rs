@@ -70,9 +70,12 @@ pub fn names(data: &[u8]) {
     }
 }
 
-fn dns_zone() -> &'static dnsd::zone::ZoneParams {
-    static ZONE: OnceLock<dnsd::zone::ZoneParams> = OnceLock::new();
-    ZONE.get_or_init(|| dnsd::DnsConfig::default().validate().expect("default [dns] is valid").zone)
+fn dns_settings() -> &'static dnsd::Settings {
+    static SETTINGS: OnceLock<dnsd::Settings> = OnceLock::new();
+    SETTINGS.get_or_init(|| {
+        let config = dnsd::DnsConfig { allow_transfer: vec!["127.0.0.1".into()], ..Default::default() };
+        config.validate().expect("[dns] is valid")
+    })
 }
 
 /// Bytes received by dnsd: as one UDP datagram, as one TCP message, and as
@@ -81,10 +84,9 @@ fn dns_zone() -> &'static dnsd::zone::ZoneParams {
 /// UDP limit; a transfer must encode into messages that parse.
 pub fn dns_query(data: &[u8]) {
     use dnsd::answer::{answer, Outcome, Peer, Transport, MAX_UDP_PAYLOAD};
-    let allow: [dnsd::config::Network; 1] = ["127.0.0.1".parse().expect("network")];
     let check = |packet: &[u8], transport: Transport| {
-        let peer = Peer { ip: [127, 0, 0, 1].into(), transport, allow_transfer: &allow };
-        match answer(dns_zone(), demo(), packet, peer).0 {
+        let peer = Peer { ip: [127, 0, 0, 1].into(), transport };
+        match answer(dns_settings(), demo(), packet, peer).0 {
             Outcome::Drop => assert!(packet.len() < 12 || packet[2] & 0x80 != 0, "only runts and responses are dropped"),
             Outcome::Reply(reply) => {
                 let m = hickory_proto::op::Message::from_vec(&reply).expect("every reply parses");
@@ -94,9 +96,9 @@ pub fn dns_query(data: &[u8]) {
                     assert!(reply.len() <= usize::from(MAX_UDP_PAYLOAD), "{} bytes over UDP", reply.len());
                 }
             }
-            Outcome::Transfer(query) => {
+            Outcome::Transfer(query, _) => {
                 assert_eq!(transport, Transport::Tcp, "no transfer over UDP");
-                for msg in dnsd::transfer::messages(dns_zone(), demo(), &query) {
+                for msg in dnsd::transfer::messages(&dns_settings().zone, demo(), &query) {
                     hickory_proto::op::Message::from_vec(&msg).expect("transfer messages parse");
                 }
             }
@@ -106,15 +108,15 @@ pub fn dns_query(data: &[u8]) {
     check(data, Transport::Tcp);
     // The UDP answer cache, on a miss and then on a hit, gives exactly the
     // bytes the full path gives.
-    let peer = Peer { ip: [127, 0, 0, 1].into(), transport: Transport::Udp, allow_transfer: &allow };
-    let want = match answer(dns_zone(), demo(), data, peer).0 {
+    let peer = Peer { ip: [127, 0, 0, 1].into(), transport: Transport::Udp };
+    let want = match answer(dns_settings(), demo(), data, peer).0 {
         Outcome::Reply(bytes) => Some(bytes),
         _ => None,
     };
     let mut cache = dnsd::cache::AnswerCache::new();
     for _ in 0..2 {
         let mut out = Vec::new();
-        let got = cache.answer_udp(dns_zone(), demo(), data, peer, &mut out).map(|_| out);
+        let got = cache.answer_udp(dns_settings(), demo(), data, peer, &mut out).map(|_| out);
         assert_eq!(got, want, "the cache answers like the full path");
     }
     let mut rest = data;

@@ -60,10 +60,12 @@ impl TestDns {
     }
 
     pub fn start_with(table: Table, extra: &str) -> TestDns {
-        let mut text = format!("listen = [\"127.0.0.1:0\"]\nudp_sockets = 2\n{extra}");
+        // Defaults first: `extra` may end inside a table such as [[tsig_keys]].
+        let mut text = String::from("listen = [\"127.0.0.1:0\"]\nudp_sockets = 2\n");
         if !extra.contains("allow_transfer") {
             text.push_str("allow_transfer = [\"127.0.0.1\"]\n");
         }
+        text.push_str(extra);
         let config: DnsConfig = toml::from_str(&text).unwrap();
         let settings = config.validate().unwrap();
         let registry = prometheus::Registry::new();
