@@ -59,14 +59,17 @@ impl DnsMetrics {
                 &["result"],
             )?,
             notifies: IntCounterVec::new(
-                Opts::new("edge_dns_notifies_total", "NOTIFY messages to secondaries, by result."),
+                Opts::new(
+                    "edge_dns_notifies_total",
+                    "NOTIFY to secondaries: messages sent (retries included), and rounds acked or failed after all tries.",
+                ),
                 &["result"],
             )?,
         };
         for r in ["done", "refused", "failed"] {
             m.transfers.with_label_values(&[r]);
         }
-        for r in ["acked", "failed"] {
+        for r in ["sent", "acked", "failed"] {
             m.notifies.with_label_values(&[r]);
         }
         Ok(m)

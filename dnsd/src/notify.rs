@@ -44,7 +44,7 @@ pub async fn run(settings: Arc<Settings>, table: Table, metrics: DnsMetrics, mut
         for &target in &settings.notify {
             let (settings, metrics) = (settings.clone(), metrics.clone());
             rounds.push(tokio::spawn(async move {
-                let acked = notify_one(&settings, target, serial).await;
+                let acked = notify_one(&settings, &metrics, target, serial).await;
                 let result = if acked { "acked" } else { "failed" };
                 metrics.notifies.with_label_values(&[result]).inc();
                 if acked {
@@ -58,7 +58,7 @@ pub async fn run(settings: Arc<Settings>, table: Table, metrics: DnsMetrics, mut
 }
 
 /// Sends NOTIFY for `serial` to `target` until it answers; true if it did.
-async fn notify_one(settings: &Settings, target: SocketAddr, serial: u32) -> bool {
+async fn notify_one(settings: &Settings, metrics: &DnsMetrics, target: SocketAddr, serial: u32) -> bool {
     let bind: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let Ok(socket) = UdpSocket::bind(bind).await else { return false };
     if socket.connect(target).await.is_err() {
@@ -86,6 +86,7 @@ async fn notify_one(settings: &Settings, target: SocketAddr, serial: u32) -> boo
         if socket.send(&bytes).await.is_err() {
             return false;
         }
+        metrics.notifies.with_label_values(&["sent"]).inc();
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
             if n >= 4 && buf[..2] == id.to_be_bytes() && buf[2] & 0x80 != 0 {

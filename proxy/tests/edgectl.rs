@@ -180,4 +180,11 @@ async fn dns_import_then_dig() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("y: PTR records are not supported") && err.contains("nothing was imported"), "{err}");
     assert!(ok(config, &["status"]).starts_with("version 3\n"));
+
+    // The serial never goes back across a restart: it is the stored version.
+    assert!(edge.terminate().success());
+    let mut edge = EdgeProcess::spawn(config, &dir.path().join("var/control.sock"));
+    edge.ready().await;
+    assert_eq!(dig("mayfirst.local SOA").split_whitespace().nth(2), Some("3"));
+    assert_eq!(dig("db7.mysql.mayfirst.local"), "127.0.0.40");
 }
