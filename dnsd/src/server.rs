@@ -55,7 +55,7 @@ impl Dnsd {
             for _ in 1..settings.udp_sockets {
                 udp.push(udp_socket(addr).map_err(err)?);
             }
-            tcp.push(TcpListener::bind(addr).await.map_err(err)?);
+            tcp.push(tcp_listener(addr).map_err(err)?);
             addrs.push(addr);
         }
         Ok(Dnsd { settings: Arc::new(settings), table, metrics, udp, tcp, addrs })
@@ -113,6 +113,20 @@ impl Dnsd {
         let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
         tracing::info!("dns stopped");
     }
+}
+
+/// A TCP listener; on IPv6 addresses v6 only, so `0.0.0.0:53` and `[::]:53`
+/// can both be listed, as with the UDP sockets.
+fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {

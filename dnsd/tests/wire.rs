@@ -201,3 +201,23 @@ fn one_answer_never_mixes_two_versions() {
     writer.join().unwrap();
     assert!(positive > 0 && negative > 0, "both states seen: {positive} / {negative}");
 }
+
+#[test]
+fn every_listen_address_answers_udp_and_tcp() {
+    let dns = TestDns::start("listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n");
+    // UDP and TCP share each address's port.
+    let addrs = dns.addrs.clone();
+    assert_eq!(addrs.len(), 2);
+    for addr in addrs {
+        let s = UdpSocket::bind((addr.ip(), 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send_to(&query(21, "mosh12.mayfirst.local", 1, 0), addr).unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.recv(&mut buf).unwrap();
+        assert_eq!(Message::from_vec(&buf[..n]).unwrap().answers.len(), 1, "{addr} over UDP");
+        let mut t = TcpStream::connect(addr).unwrap();
+        t.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        t.write_all(&framed(&query(22, "mosh12.mayfirst.local", 1, 0))).unwrap();
+        assert_eq!(read_framed(&mut t).answers.len(), 1, "{addr} over TCP");
+    }
+}

@@ -45,6 +45,8 @@ pub fn who() -> Who {
 /// dnsd serving an in-memory table on 127.0.0.1 (an ephemeral port).
 pub struct TestDns {
     pub addr: SocketAddr,
+    /// Every bound address (the first is `addr`).
+    pub addrs: Vec<SocketAddr>,
     pub table: Table,
     pub metrics_registry: prometheus::Registry,
     stop: watch::Sender<bool>,
@@ -61,7 +63,10 @@ impl TestDns {
 
     pub fn start_with(table: Table, extra: &str) -> TestDns {
         // Defaults first: `extra` may end inside a table such as [[tsig_keys]].
-        let mut text = String::from("listen = [\"127.0.0.1:0\"]\nudp_sockets = 2\n");
+        let mut text = String::from("udp_sockets = 2\n");
+        if !extra.contains("listen") {
+            text.push_str("listen = [\"127.0.0.1:0\"]\n");
+        }
         if !extra.contains("allow_transfer") {
             text.push_str("allow_transfer = [\"127.0.0.1\"]\n");
         }
@@ -72,10 +77,11 @@ impl TestDns {
         let metrics = DnsMetrics::register(&registry).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dnsd = rt.block_on(Dnsd::bind(settings, table.clone(), metrics)).unwrap();
-        let addr = dnsd.local_addrs()[0];
+        let addrs = dnsd.local_addrs().to_vec();
+        let addr = addrs[0];
         let (stop, shutdown) = watch::channel(false);
         let thread = std::thread::spawn(move || rt.block_on(dnsd.serve(shutdown)));
-        TestDns { addr, table, metrics_registry: registry, stop, thread: Some(thread) }
+        TestDns { addr, addrs, table, metrics_registry: registry, stop, thread: Some(thread) }
     }
 
     /// Runs `dig @addr -p port ARGS` and returns its output.
