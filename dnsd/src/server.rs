@@ -233,12 +233,12 @@ async fn serve_tcp(stream: TcpStream, from: SocketAddr, ctx: &TcpContext) -> io:
         match outcome {
             Outcome::Reply(reply) => {
                 recorder.record(summary.qtype, summary.rcode, false, started.elapsed().as_secs_f64());
-                write_framed(&mut write, &reply).await?;
+                write_framed(&mut write, &reply, idle).await?;
             }
             Outcome::Drop => {}
             Outcome::Transfer(query, signed) => {
                 recorder.record(summary.qtype, summary.rcode, false, started.elapsed().as_secs_f64());
-                let result = crate::transfer::send(&ctx.settings.zone, &snap, &query, signed, &mut write).await;
+                let result = crate::transfer::send(&ctx.settings.zone, &snap, &query, signed, &mut write, idle).await;
                 let label = if result.is_ok() { "done" } else { "failed" };
                 ctx.metrics.transfers.with_label_values(&[label]).inc();
                 tracing::info!(%from, serial = ctx.settings.zone.serial(snap.version()), result = label, "zone transfer");
@@ -248,10 +248,14 @@ async fn serve_tcp(stream: TcpStream, from: SocketAddr, ctx: &TcpContext) -> io:
     }
 }
 
-pub(crate) async fn write_framed<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &[u8]) -> io::Result<()> {
+/// Writes one length-prefixed message; a client that does not read it
+/// within `limit` loses the connection.
+pub(crate) async fn write_framed<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &[u8], limit: Duration) -> io::Result<()> {
     let len = u16::try_from(msg.len()).map_err(|_| io::Error::other("message over 65535 bytes"))?;
     let mut framed = Vec::with_capacity(msg.len() + 2);
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(msg);
-    w.write_all(&framed).await
+    tokio::time::timeout(limit, w.write_all(&framed))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading"))?
 }

@@ -19,13 +19,15 @@ use crate::zone::ZoneParams;
 const RECORDS_PER_MESSAGE: usize = 256;
 const MAX_MESSAGE: usize = 65_535;
 
-/// Streams the zone to `out` as answers to `query`.
+/// Streams the zone to `out` as answers to `query`; each message must be
+/// taken within `write_limit`.
 pub async fn send<W: AsyncWriteExt + Unpin>(
     zone: &ZoneParams,
     snap: &Snapshot,
     query: &Message,
     signed: Option<Signed>,
     out: &mut W,
+    write_limit: std::time::Duration,
 ) -> io::Result<()> {
     let mut signer = signed.map(StreamSigner::new);
     for msg in messages(zone, snap, query) {
@@ -33,7 +35,7 @@ pub async fn send<W: AsyncWriteExt + Unpin>(
             Some(s) => s.sign(msg),
             None => msg,
         };
-        write_framed(out, &msg).await?;
+        write_framed(out, &msg, write_limit).await?;
     }
     out.flush().await
 }
