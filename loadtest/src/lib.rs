@@ -1,0 +1,227 @@
+//! loadtest: proves (or disproves) that moves are atomic under load.
+//!
+//! [`run`] starts an `edge` in-process (or targets a running one through
+//! its config), creates its own routes ([`fixture`]), then for a bounded
+//! time sends load on every protocol Edge serves while moving routes through
+//! the control socket ([`moves`]). Every answer is judged by the [`ledger`]:
+//! an answer from the old backend to a request started after the move was
+//! acknowledged is **misrouted**; an error or timeout is **failed**. The
+//! [`report`] has both per protocol, latency percentiles, and the moves.
+//!
+//! Protocols Edge does not serve yet are reported as absent.
+
+pub mod dns;
+pub mod fixture;
+pub mod ledger;
+pub mod moves;
+pub mod report;
+pub mod rng;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use proxy::control::client::Client;
+use proxy::{Config, Edge};
+use tokio::sync::watch;
+
+use crate::fixture::Fixture;
+use crate::ledger::Ledger;
+use crate::report::{Percentiles, ProtoReport, Report, PROTOCOLS};
+
+/// What to run; the CLI's flags (see `loadtest --help`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Target a running edge through its config; `None` starts one in-process.
+    pub config: Option<PathBuf>,
+    pub duration: Duration,
+    /// DNS queries per second, in all.
+    pub dns_rate: u32,
+    /// DNS queries in flight at most.
+    pub dns_concurrency: usize,
+    /// Moves per second.
+    pub move_rate: f64,
+    pub members: usize,
+    pub backends: usize,
+    pub seed: u64,
+    /// Print a live progress line on stderr.
+    pub progress: bool,
+    /// Send DNS queries here instead of the target edge's dnsd (a standalone
+    /// `dnsd` following its store, say).
+    pub dns: Option<std::net::SocketAddr>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config: None,
+            duration: Duration::from_secs(20),
+            dns_rate: 2000,
+            dns_concurrency: 32,
+            move_rate: 15.0,
+            members: 200,
+            backends: 8,
+            seed: 1,
+            progress: true,
+            dns: None,
+        }
+    }
+}
+
+/// Counters the progress line reads while the run goes on.
+#[derive(Default)]
+pub struct Live {
+    pub dns_requests: AtomicU64,
+    pub dns_failed: AtomicU64,
+    pub dns_misrouted: AtomicU64,
+    pub moves: AtomicU64,
+}
+
+/// The edge under test: where its control socket and dnsd are.
+struct Target {
+    description: String,
+    client: Client,
+    dns: Option<std::net::SocketAddr>,
+    zone: String,
+    /// Set when the edge runs in this process: how to stop it.
+    own: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>, tempfile::TempDir)>,
+}
+
+async fn target(opts: &Options) -> anyhow::Result<Target> {
+    if let Some(path) = &opts.config {
+        let config = Config::load(path)?;
+        let dns = config.dns.as_ref().and_then(|d| dns::pick(&d.listen));
+        let zone = config.dns.as_ref().map_or("mayfirst.local".into(), |d| zone_name(&d.zone.origin));
+        return Ok(Target {
+            description: format!("edge at {}", config.control.socket.display()),
+            client: Client::new(&config.control.socket),
+            dns,
+            zone,
+            own: None,
+        });
+    }
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().display();
+    let text = format!(
+        "[edge]\ndata_dir = \"{d}/var\"\n[store]\nseed = \"\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n\
+         [dns]\nlisten = [\"127.0.0.1:0\"]\nudp_sockets = 1\n"
+    );
+    let config = Config::parse(&dir.path().join("edge.toml"), &text)?;
+    let edge = Edge::start(&config).await.context("starting the edge under test")?;
+    let dns = dns::pick(edge.dns_addrs());
+    let client = Client::new(edge.control_path());
+    let (stop, shutdown) = watch::channel(false);
+    let (_reload_tx, reload) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let _keep = _reload_tx;
+        edge.serve(shutdown, reload).await
+    });
+    Ok(Target {
+        description: "an edge started in-process (SQLite store, fsync per commit)".into(),
+        client,
+        dns,
+        zone: "mayfirst.local".into(),
+        own: Some((stop, task, dir)),
+    })
+}
+
+fn zone_name(origin: &hickory_proto::rr::Name) -> String {
+    origin.to_ascii().trim_end_matches('.').to_string()
+}
+
+/// Runs the load test and returns its report.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    if opts.backends < 2 || opts.backends > 250 || opts.members == 0 {
+        bail!("need 2 to 250 backends and at least one member");
+    }
+    let mut target = target(&opts).await?;
+    if let Some(dns) = opts.dns {
+        target.dns = Some(dns);
+        target.description.push_str(&format!(", DNS at {dns}"));
+    }
+    let fixture = Arc::new(Fixture { backends: opts.backends, members: opts.members });
+    let answer = target.client.post("/v1/transactions", &fixture.transaction()).await?;
+    if let Some(e) = answer.error_message() {
+        bail!("creating the load test's routes: {e}");
+    }
+    let mut ledger = Ledger::new();
+    for m in 0..fixture.members {
+        ledger.add(&fixture.database(m), fixture.initial_backend(m));
+    }
+    let ledger = Arc::new(Mutex::new(ledger));
+    let live = Arc::new(Live::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+
+    let dns_task = target.dns.map(|server| {
+        let load = dns::DnsLoad {
+            server,
+            zone: target.zone.clone(),
+            rate: opts.dns_rate,
+            concurrency: opts.dns_concurrency.max(1),
+        };
+        tokio::spawn(load.run(fixture.clone(), ledger.clone(), live.clone(), stop.clone(), opts.seed))
+    });
+    let mover = moves::Mover { client: target.client.clone(), rate: opts.move_rate };
+    let moves_task =
+        tokio::spawn(mover.run(fixture.clone(), ledger.clone(), live.clone(), stop.clone(), opts.seed ^ 0x55));
+    let progress = opts.progress.then(|| tokio::spawn(progress_line(live.clone(), started, opts.duration)));
+
+    tokio::time::sleep(opts.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut moves = moves_task.await.context("move task")?;
+    let mut protocols = BTreeMap::new();
+    for p in PROTOCOLS {
+        protocols.insert(p.to_string(), ProtoReport::Absent { reason: "Edge has no listener for it yet".into() });
+    }
+    match dns_task {
+        Some(task) => {
+            let result = task.await.context("dns task")?;
+            let s = result.stats;
+            protocols.insert(
+                "dns".into(),
+                ProtoReport::Measured {
+                    requests: s.requests,
+                    failed: s.failed,
+                    misrouted: s.misrouted,
+                    latency: Percentiles::of(&s.latency),
+                },
+            );
+            moves.ack_to_first_new = Percentiles::of(&result.first_new);
+        }
+        None => {
+            protocols
+                .insert("dns".into(), ProtoReport::Absent { reason: "the target edge has no [dns] section".into() });
+        }
+    }
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    let duration = started.elapsed();
+    if let Some((stop, task, _dir)) = target.own {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
+    Ok(Report { duration_secs: duration.as_secs_f64(), target: target.description, protocols, moves })
+}
+
+async fn progress_line(live: Arc<Live>, started: Instant, total: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        eprint!(
+            "\r[{:>4.0}/{:.0} s] dns {} ({} failed, {} misrouted)  moves {}   ",
+            started.elapsed().as_secs_f64(),
+            total.as_secs_f64(),
+            l(&live.dns_requests),
+            l(&live.dns_failed),
+            l(&live.dns_misrouted),
+            l(&live.moves)
+        );
+    }
+}
