@@ -93,7 +93,7 @@ impl DnsLoad {
             tick.tick().await;
             let member = rng.below(fixture.members);
             let db = fixture.database(member);
-            let id = rng.next() as u16;
+            let id = rng.next_u64() as u16;
             let query = query(id, &format!("{db}.mysql.{}", self.zone));
             let start = Instant::now();
             stats.requests += 1;

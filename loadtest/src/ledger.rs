@@ -86,7 +86,7 @@ impl Ledger {
     /// `start` and answered at `end`. `None` for a route it does not know.
     pub fn judge(&self, route: &str, start: Instant, end: Instant, got: usize) -> Option<Verdict> {
         let (initial, moves) = self.routes.get(route)?;
-        let expected = moves.iter().filter(|m| m.acked.is_some_and(|a| a <= start)).last().map_or(*initial, |m| m.to);
+        let expected = moves.iter().rev().find(|m| m.acked.is_some_and(|a| a <= start)).map_or(*initial, |m| m.to);
         if got == expected {
             return Some(Verdict::Correct);
         }
@@ -106,7 +106,7 @@ impl Ledger {
     ) -> Option<(Verdict, Option<std::time::Duration>)> {
         let verdict = self.judge(route, start, end, got)?;
         let (_, moves) = self.routes.get_mut(route)?;
-        let latest = moves.iter_mut().filter(|m| m.acked.is_some_and(|a| a <= start)).last();
+        let latest = moves.iter_mut().rev().find(|m| m.acked.is_some_and(|a| a <= start));
         let first = match latest {
             Some(m) if m.to == got && !m.seen => {
                 m.seen = true;

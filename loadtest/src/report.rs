@@ -54,7 +54,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     pub fn of(h: &Histogram<u64>) -> Option<Percentiles> {
-        (h.len() > 0).then(|| Percentiles {
+        (!h.is_empty()).then(|| Percentiles {
             p50_us: h.value_at_quantile(0.5),
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
