@@ -16,7 +16,7 @@ use crate::fixture::Fixture;
 use crate::ledger::{Ledger, Verdict};
 use crate::report::{record, ProtoStats};
 use crate::rng::Rng;
-use crate::Live;
+use crate::{Live, Shared};
 
 const TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -34,14 +34,8 @@ pub struct DnsResult {
 }
 
 impl DnsLoad {
-    pub async fn run(
-        self,
-        fixture: Arc<Fixture>,
-        ledger: Arc<Mutex<Ledger>>,
-        live: Arc<Live>,
-        stop: Arc<AtomicBool>,
-        seed: u64,
-    ) -> DnsResult {
+    pub async fn run(self, shared: Shared) -> DnsResult {
+        let Shared { fixture, ledger, live, stop, seed } = shared;
         let period = Duration::from_secs_f64(self.concurrency as f64 / f64::from(self.rate.max(1)));
         let this = Arc::new(self);
         let mut workers = Vec::new();

@@ -80,6 +80,17 @@ pub struct Live {
     pub moves: AtomicU64,
 }
 
+/// What every load and move task shares: the routes, the ledger, the live
+/// counters, the stop flag and the seed.
+#[derive(Clone)]
+pub struct Shared {
+    pub fixture: Arc<Fixture>,
+    pub ledger: Arc<Mutex<Ledger>>,
+    pub live: Arc<Live>,
+    pub stop: Arc<AtomicBool>,
+    pub seed: u64,
+}
+
 /// The edge under test: where its control socket and dnsd are.
 struct Target {
     description: String,
@@ -151,9 +162,14 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     for m in 0..fixture.members {
         ledger.add(&fixture.database(m), fixture.initial_backend(m));
     }
-    let ledger = Arc::new(Mutex::new(ledger));
     let live = Arc::new(Live::default());
-    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Shared {
+        fixture: fixture.clone(),
+        ledger: Arc::new(Mutex::new(ledger)),
+        live: live.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        seed: opts.seed,
+    };
     let started = Instant::now();
 
     let dns_task = target.dns.map(|server| {
@@ -163,15 +179,14 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             rate: opts.dns_rate,
             concurrency: opts.dns_concurrency.max(1),
         };
-        tokio::spawn(load.run(fixture.clone(), ledger.clone(), live.clone(), stop.clone(), opts.seed))
+        tokio::spawn(load.run(shared.clone()))
     });
     let mover = moves::Mover { client: target.client.clone(), rate: opts.move_rate };
-    let moves_task =
-        tokio::spawn(mover.run(fixture.clone(), ledger.clone(), live.clone(), stop.clone(), opts.seed ^ 0x55));
+    let moves_task = tokio::spawn(mover.run(Shared { seed: opts.seed ^ 0x55, ..shared.clone() }));
     let progress = opts.progress.then(|| tokio::spawn(progress_line(live.clone(), started, opts.duration)));
 
     tokio::time::sleep(opts.duration).await;
-    stop.store(true, Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
     let mut moves = moves_task.await.context("move task")?;
     let mut protocols = BTreeMap::new();
     for p in PROTOCOLS {

@@ -5,8 +5,8 @@
 //! what the ledger expected.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use proxy::control::client::Client;
@@ -16,7 +16,7 @@ use crate::fixture::Fixture;
 use crate::ledger::Ledger;
 use crate::report::{micros, record, MovesReport, Percentiles};
 use crate::rng::Rng;
-use crate::Live;
+use crate::Shared;
 
 pub struct Mover {
     pub client: Client,
@@ -30,14 +30,8 @@ enum Kind {
 }
 
 impl Mover {
-    pub async fn run(
-        self,
-        fixture: Arc<Fixture>,
-        ledger: Arc<Mutex<Ledger>>,
-        live: Arc<Live>,
-        stop: Arc<AtomicBool>,
-        seed: u64,
-    ) -> MovesReport {
+    pub async fn run(self, shared: Shared) -> MovesReport {
+        let Shared { fixture, ledger, live, stop, seed } = shared;
         let mut report = MovesReport::default();
         let mut ack = micros();
         let mut rng = Rng::new(seed);
