@@ -134,7 +134,7 @@ impl DnsLoad {
 }
 
 /// A query for `name`, type A, class IN, recursion not desired.
-fn query(id: u16, name: &str) -> Vec<u8> {
+pub(crate) fn query(id: u16, name: &str) -> Vec<u8> {
     let mut p = Vec::with_capacity(name.len() + 18);
     p.extend_from_slice(&id.to_be_bytes());
     p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -147,7 +147,7 @@ fn query(id: u16, name: &str) -> Vec<u8> {
 }
 
 /// The fixture backend an answer names, if it is a good answer.
-fn backend_in(answer: &[u8], fixture: &Fixture) -> Option<usize> {
+pub(crate) fn backend_in(answer: &[u8], fixture: &Fixture) -> Option<usize> {
     let m = Message::from_vec(answer).ok()?;
     if m.metadata.response_code != ResponseCode::NoError || m.metadata.truncation {
         return None;

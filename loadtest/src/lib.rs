@@ -181,7 +181,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         };
         tokio::spawn(load.run(shared.clone()))
     });
-    let mover = moves::Mover { client: target.client.clone(), rate: opts.move_rate };
+    let mover = moves::Mover {
+        client: target.client.clone(),
+        rate: opts.move_rate,
+        probe: target.dns.map(|addr| (addr, target.zone.clone())),
+    };
     let moves_task = tokio::spawn(mover.run(Shared { seed: opts.seed ^ 0x55, ..shared.clone() }));
     let progress = opts.progress.then(|| tokio::spawn(progress_line(live.clone(), started, opts.duration)));
 

@@ -21,6 +21,9 @@ use crate::Shared;
 pub struct Mover {
     pub client: Client,
     pub rate: f64,
+    /// dnsd and its zone: after each acknowledged move, every moved
+    /// database is queried once there, at once.
+    pub probe: Option<(std::net::SocketAddr, String)>,
 }
 
 enum Kind {
@@ -34,6 +37,17 @@ impl Mover {
         let Shared { fixture, ledger, live, stop, seed } = shared;
         let mut report = MovesReport::default();
         let mut ack = micros();
+        let mut probe_latency = micros();
+        let probe = match &self.probe {
+            Some((addr, zone)) => {
+                let socket = tokio::net::UdpSocket::bind(("127.0.0.1", 0)).await.ok();
+                match socket {
+                    Some(s) if s.connect(addr).await.is_ok() => Some((s, zone.clone())),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
         let mut rng = Rng::new(seed);
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate.max(0.001)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -47,7 +61,21 @@ impl Mover {
             let sent = Instant::now();
             let (name, result) = self.one(kind, &fixture, &ledger, &mut rng, sent).await;
             match result {
-                Ok(()) => {
+                Ok((acked, moved)) => {
+                    if let Some((socket, zone)) = &probe {
+                        // Probes go one after another: only the first of a
+                        // move is timed from the ack; every one is judged.
+                        for (i, db) in moved.iter().enumerate() {
+                            let p = probe_one(socket, zone, db, acked, &fixture, &ledger, &mut rng).await;
+                            report.probes += 1;
+                            match p {
+                                Probe::Correct(d) if i == 0 => record(&mut probe_latency, d),
+                                Probe::Correct(_) => {}
+                                Probe::Misrouted => report.probe_misrouted += 1,
+                                Probe::Failed => report.probe_failed += 1,
+                            }
+                        }
+                    }
                     record(&mut ack, sent.elapsed());
                     report.done += 1;
                     *report.by_kind.entry(name).or_default() += 1;
@@ -60,11 +88,12 @@ impl Mover {
             }
         }
         report.ack_latency = Percentiles::of(&ack);
+        report.probe_latency = Percentiles::of(&probe_latency);
         report
     }
 
-    /// Makes one move; returns its kind's name and whether it was
-    /// acknowledged as expected.
+    /// Makes one move; returns its kind's name and, if it was acknowledged
+    /// as expected, when, with the databases it moved.
     async fn one(
         &self,
         kind: Kind,
@@ -72,14 +101,14 @@ impl Mover {
         ledger: &Mutex<Ledger>,
         rng: &mut Rng,
         sent: Instant,
-    ) -> (String, Result<(), String>) {
+    ) -> (String, Result<(Instant, Vec<String>), String>) {
         let lock = || ledger.lock().map_err(|_| "ledger poisoned".to_string());
         match kind {
             Kind::Site => {
                 let m = rng.below(f.members);
                 let to = f.backend(rng.below(f.backends));
                 let path = format!("/v1/sites/{}/move", f.site(m));
-                ("site".into(), self.post(&path, json!({ "to": to })).await.map(drop))
+                ("site".into(), self.post(&path, json!({ "to": to })).await.map(|_| (Instant::now(), Vec::new())))
             }
             Kind::Member => {
                 let m = rng.below(f.members);
@@ -138,7 +167,7 @@ fn settle(
     f: &Fixture,
     moved: &[(String, usize, usize)],
     answer: Result<Value, String>,
-) -> Result<(), String> {
+) -> Result<(Instant, Vec<String>), String> {
     let acked = Instant::now();
     let body = match answer {
         Ok(b) => b,
@@ -161,8 +190,52 @@ fn settle(
         ledger.acked(db, *index, acked);
     }
     if servers == expected {
-        Ok(())
+        Ok((acked, moved.iter().map(|(db, _, _)| db.clone()).collect()))
     } else {
         Err(format!("the edge moved {servers:?}, the load test expected {expected:?}"))
+    }
+}
+
+enum Probe {
+    Correct(Duration),
+    Misrouted,
+    Failed,
+}
+
+/// Queries `db` once, right after a move's ack, and judges the answer.
+#[allow(clippy::too_many_arguments)]
+async fn probe_one(
+    socket: &tokio::net::UdpSocket,
+    zone: &str,
+    db: &str,
+    acked: Instant,
+    fixture: &Fixture,
+    ledger: &Mutex<Ledger>,
+    rng: &mut Rng,
+) -> Probe {
+    let id = rng.next_u64() as u16;
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    let exchange = async {
+        socket.send(&crate::dns::query(id, &format!("{db}.mysql.{zone}"))).await.ok()?;
+        loop {
+            let n = socket.recv(&mut buf).await.ok()?;
+            if n >= 2 && buf[..2] == id.to_be_bytes() {
+                return crate::dns::backend_in(&buf[..n], fixture);
+            }
+        }
+    };
+    let Ok(Some(got)) = tokio::time::timeout(Duration::from_secs(1), exchange).await else {
+        tracing::warn!(%db, "probe after a move failed");
+        return Probe::Failed;
+    };
+    let end = Instant::now();
+    let verdict = ledger.lock().ok().and_then(|l| l.judge(db, start, end, got));
+    match verdict {
+        Some(crate::ledger::Verdict::Correct) => Probe::Correct(end - acked),
+        _ => {
+            tracing::error!(%db, got, "probe right after the ack reached the wrong backend");
+            Probe::Misrouted
+        }
     }
 }

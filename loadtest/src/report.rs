@@ -87,9 +87,18 @@ pub struct MovesReport {
     /// Time from sending a move to its acknowledgement.
     pub ack_latency: Option<Percentiles>,
     /// Time from a move's acknowledgement to the first answer from its new
-    /// backend to a request started after the ack. Includes the wait for such
-    /// a request, so it is bounded below by the query interval per route.
+    /// backend to a request started after the ack, in the load. Includes the
+    /// wait for such a request, so it is bounded below by the query interval
+    /// per route.
     pub ack_to_first_new: Option<Percentiles>,
+    /// The probe: right after each acknowledgement the mover queries every
+    /// moved database once, in turn. Time from the ack to the answer of the
+    /// first one.
+    pub probe_latency: Option<Percentiles>,
+    pub probes: u64,
+    pub probe_failed: u64,
+    /// Probe answers from anything but the new backend.
+    pub probe_misrouted: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,9 +110,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// Failed plus misrouted, over every measured protocol.
+    /// Failed plus misrouted, over every measured protocol and the probes.
     pub fn errors(&self) -> (u64, u64) {
-        self.protocols.values().fold((0, 0), |(f, m), p| match p {
+        let start = (self.moves.probe_failed, self.moves.probe_misrouted);
+        self.protocols.values().fold(start, |(f, m), p| match p {
             ProtoReport::Measured { failed, misrouted, .. } => (f + failed, m + misrouted),
             ProtoReport::Absent { .. } => (f, m),
         })
@@ -147,10 +157,20 @@ impl Report {
                 ms(a.max_us)
             );
         }
+        if m.probes > 0 {
+            let timing = m.probe_latency.map_or(String::new(), |a| {
+                format!("; ack -> answer from the new backend: p50 {} ms, p99 {} ms", ms(a.p50_us), ms(a.p99_us))
+            });
+            let _ = writeln!(
+                out,
+                "  probes right after each ack: {} ({} failed, {} misrouted){timing}",
+                m.probes, m.probe_failed, m.probe_misrouted
+            );
+        }
         if let Some(a) = m.ack_to_first_new {
             let _ = writeln!(
                 out,
-                "  ack -> first answer from the new backend: p50 {} ms, p99 {} ms",
+                "  in the load, ack -> first answer from the new backend: p50 {} ms, p99 {} ms (includes the wait for a query)",
                 ms(a.p50_us),
                 ms(a.p99_us)
             );

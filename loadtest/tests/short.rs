@@ -31,6 +31,10 @@ async fn twenty_seconds_of_moves_with_no_failed_and_no_misrouted() {
         assert!(matches!(report.protocols[absent], ProtoReport::Absent { .. }), "{absent} reported absent");
     }
     assert!(report.moves.ack_to_first_new.is_some());
+    // Every database move was probed right after its ack, and answered by the new backend.
+    assert!(report.moves.probes >= 100, "{} probes", report.moves.probes);
+    assert_eq!((report.moves.probe_failed, report.moves.probe_misrouted), (0, 0));
+    assert!(report.moves.probe_latency.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,6 +83,7 @@ async fn a_dns_server_that_lags_behind_the_table_is_caught() {
     println!("{}", report.table());
     let ProtoReport::Measured { misrouted, .. } = &report.protocols["dns"] else { panic!("dns was measured") };
     assert!(*misrouted > 0, "a lagging server must show misrouted answers");
+    assert!(report.moves.probe_misrouted > 0, "probes right after each ack see the lag too");
     let _ = dns_stop.send(true);
     let _ = dns_task.await;
     let _ = stop.send(true);
