@@ -13,16 +13,15 @@ use std::hint::black_box;
 use criterion::{criterion_group, Criterion};
 use dnsd::answer::{answer, Peer, Transport};
 use dnsd::cache::AnswerCache;
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
 use routing_table::{Snapshot, Transaction};
 
 fn query(name: &str) -> Vec<u8> {
-    let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for l in name.split('.') {
-        p.push(l.len() as u8);
-        p.extend_from_slice(l.as_bytes());
-    }
-    p.extend_from_slice(&[0, 0, 1, 0, 1]);
-    p
+    let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(format!("{name}.")).expect("a name"), RecordType::A));
+    m.to_vec().expect("encodes")
 }
 
 fn zone_table(n: usize) -> Snapshot {

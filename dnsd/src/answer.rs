@@ -73,9 +73,7 @@ pub fn answer(settings: &Settings, snap: &Snapshot, packet: &[u8], peer: Peer) -
         Checked::Unsigned => None,
         Checked::Signed(s) => Some(s),
         Checked::Refused(ctx) => {
-            let Outcome::Reply(bytes) = Response::new(&query).error(ResponseCode::NotAuth, peer.transport) else {
-                unreachable!("error() always replies")
-            };
+            let bytes = Response::new(&query).error_bytes(ResponseCode::NotAuth, peer.transport);
             return (Outcome::Reply(tsig::sign_with(ctx, bytes)), Summary::of(qtype, ResponseCode::NotAuth));
         }
     };
@@ -168,7 +166,8 @@ fn resolve(zone: &ZoneParams, snap: &Snapshot, q: &Query, rel: String, msg: &mut
                 _ => return ResponseCode::NoError,
             }
         }
-        let want = if qtype == RecordType::ANY { crate::zone::first_rrset(&records) } else { Some(qtype) };
+        // ANY gets one RRset (RFC 8482): that of the first record stored.
+        let want = if qtype == RecordType::ANY { records.first().map(|r| r.record_type()) } else { Some(qtype) };
         let before = msg.answers.len();
         msg.answers.extend(records.into_iter().filter(|r| Some(r.record_type()) == want));
         if msg.answers.len() == before {
@@ -204,11 +203,15 @@ impl Response {
         Response { msg, udp_limit }
     }
 
-    fn error(mut self, rcode: ResponseCode, transport: Transport) -> Outcome {
+    fn error(self, rcode: ResponseCode, transport: Transport) -> Outcome {
+        Outcome::Reply(self.error_bytes(rcode, transport))
+    }
+
+    fn error_bytes(mut self, rcode: ResponseCode, transport: Transport) -> Vec<u8> {
         self.msg.metadata.response_code = rcode;
         self.msg.answers.clear();
         self.msg.authorities.clear();
-        Outcome::Reply(self.finish(transport).0)
+        self.finish(transport).0
     }
 
     /// Encodes; over UDP, an answer larger than the client takes is replaced

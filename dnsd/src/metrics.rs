@@ -82,7 +82,7 @@ impl DnsMetrics {
         Recorder {
             metrics: self.clone(),
             transport,
-            counters: HashMap::new(),
+            counters: HashMap::default(),
             duration: self.duration.with_label_values(&[transport]).local(),
             pending: 0,
         }
@@ -92,7 +92,7 @@ impl DnsMetrics {
 pub struct Recorder {
     metrics: DnsMetrics,
     transport: &'static str,
-    counters: HashMap<(u16, u16), IntCounter>,
+    counters: HashMap<(u16, u16), IntCounter, foldhash::fast::RandomState>,
     duration: prometheus::local::LocalHistogram,
     pending: u32,
 }

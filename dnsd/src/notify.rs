@@ -44,7 +44,7 @@ pub async fn run(settings: Arc<Settings>, table: Table, metrics: DnsMetrics, mut
         for &target in &settings.notify {
             let (settings, metrics) = (settings.clone(), metrics.clone());
             rounds.push(tokio::spawn(async move {
-                let acked = notify_one(&settings, &metrics, target, serial).await;
+                let acked = notify_one(&settings, &metrics, target, version).await;
                 let result = if acked { "acked" } else { "failed" };
                 metrics.notifies.with_label_values(&[result]).inc();
                 if acked {
@@ -57,24 +57,21 @@ pub async fn run(settings: Arc<Settings>, table: Table, metrics: DnsMetrics, mut
     }
 }
 
-/// Sends NOTIFY for `serial` to `target` until it answers; true if it did.
-async fn notify_one(settings: &Settings, metrics: &DnsMetrics, target: SocketAddr, serial: u32) -> bool {
+/// Sends NOTIFY for table `version` to `target` until it answers; true if
+/// it did.
+async fn notify_one(settings: &Settings, metrics: &DnsMetrics, target: SocketAddr, version: u64) -> bool {
     let bind: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let Ok(socket) = UdpSocket::bind(bind).await else { return false };
     if socket.connect(target).await.is_err() {
         return false;
     }
-    let id: u16 = rand_id(serial, target);
+    let id: u16 = rand_id(settings.zone.serial(version), target);
     let mut msg = Message::new(id, MessageType::Query, OpCode::Notify);
     msg.metadata.authoritative = true;
     let mut q = Query::query(settings.zone.origin.clone(), RecordType::SOA);
     q.set_query_class(DNSClass::IN);
     msg.queries.push(q);
-    let mut soa = settings.zone.soa(0);
-    if let hickory_proto::rr::RData::SOA(data) = &mut soa.data {
-        data.serial = serial;
-    }
-    msg.answers.push(soa);
+    msg.answers.push(settings.zone.soa(version));
     let bytes = match &settings.transfer_key {
         Some(key) => crate::tsig::sign_request(key, msg),
         None => msg.to_vec().ok(),

@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SOA, SRV, TXT};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record};
 use routing_table::{Backend, DnsName, RecordType as TableType, Snapshot};
 
 /// The zone's own parameters (from `[dns]`).
@@ -251,11 +251,6 @@ fn chunks(s: &str) -> Vec<String> {
         start = end;
     }
     out
-}
-
-/// Record types in the order an ANY query picks its one RRset (RFC 8482).
-pub fn first_rrset(records: &[Record]) -> Option<RecordType> {
-    records.first().map(|r| r.record_type())
 }
 
 #[cfg(test)]

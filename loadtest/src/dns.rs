@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::RData;
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::net::UdpSocket;
 
 use crate::fixture::Fixture;
@@ -135,15 +135,11 @@ impl DnsLoad {
 
 /// A query for `name`, type A, class IN, recursion not desired.
 pub(crate) fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut p = Vec::with_capacity(name.len() + 18);
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        p.push(label.len() as u8);
-        p.extend_from_slice(label.as_bytes());
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    if let Ok(name) = Name::from_ascii(format!("{name}.")) {
+        m.add_query(Query::query(name, RecordType::A));
     }
-    p.extend_from_slice(&[0, 0, 1, 0, 1]);
-    p
+    m.to_vec().unwrap_or_default()
 }
 
 /// The fixture backend an answer names, if it is a good answer.
