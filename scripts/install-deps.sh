@@ -5,13 +5,16 @@
 #                                  the interop tests drive
 set -euo pipefail
 
-run_pkgs=(build-essential pkg-config cmake curl ca-certificates)
+# protobuf-compiler + libprotobuf-dev: the etcd client's build runs protoc on
+# etcd's .proto files, which import Google's well-known types.
+run_pkgs=(build-essential pkg-config cmake curl ca-certificates protobuf-compiler libprotobuf-dev)
 # prometheus: interop test of /metrics; util-linux: setpriv for the peer-uid
 # test; procps: kill(1) for the signal tests; sqlite3: admins inspect the
 # store with it (docs/routing-table.md); bind9-dnsutils (dig) and
 # knot-dnsutils (kdig): dnsd's answers as clients see them; knot: a real
-# secondary that transfers dnsd's zone.
-test_pkgs=(prometheus util-linux procps sqlite3 bind9-dnsutils knot-dnsutils knot)
+# secondary that transfers dnsd's zone; etcd-server and etcd-client (etcdctl):
+# the 3-member cluster the multi-node tests start.
+test_pkgs=(prometheus util-linux procps sqlite3 bind9-dnsutils knot-dnsutils knot etcd-server etcd-client)
 
 # The test script runs clippy and rustfmt; a minimal rustup profile lacks them.
 if [ "${1:-run}" = test ] && command -v rustup >/dev/null 2>&1; then
@@ -35,7 +38,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-# Servers the tests use (knot, prometheus) are started by the tests as their
+# Servers the tests use (knot, prometheus, etcd) are started by the tests as their
 # own processes; keep their packages from starting system services.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then

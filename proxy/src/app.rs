@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prometheus::{IntGaugeVec, Opts, Registry};
-use routing_table::{ApplyError, OpenError, SqliteStore, Store, StoreError, Table, TableMetrics, Transaction, Who};
+use routing_table::{
+    ApplyError, EtcdStore, OpenError, SqliteStore, Store, StoreError, Table, TableMetrics, Transaction, Who,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -53,9 +55,9 @@ impl Edge {
         let info = IntGaugeVec::new(Opts::new("edge_build_info", "Edge build information."), &["version"])?;
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         registry.register(Box::new(info))?;
-        let store: Box<dyn Store> = match &config.store {
-            StoreConfig::Sqlite { path } => Box::new(SqliteStore::open(path)?),
-        };
+        let store = open_store(&config.store)?;
+        // A shared store is read whole here: a node starts serving at the
+        // cluster's current version, never an older one.
         let table = Table::open(store, TableMetrics::register(&registry)?)?;
         if table.load().version() == 0 {
             if let Some(seed) = &config.seed {
@@ -143,6 +145,46 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
             tracing::warn!(error = %e, "could not notify systemd");
         }
     }
+}
+
+/// Opens the store `config` names.
+pub fn open_store(config: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match config {
+        StoreConfig::Sqlite { path } => Box::new(SqliteStore::open(path)?),
+        StoreConfig::Etcd(etcd) => Box::new(EtcdStore::open(etcd)?),
+    })
+}
+
+/// `edge migrate --to KIND`: copies the table from the other store of the
+/// configuration into the empty store `to`; the source is left as it is.
+/// Returns a line for the admin.
+pub fn migrate(config: &Config, to: &str) -> Result<String, String> {
+    let sqlite = StoreConfig::Sqlite { path: config.sqlite_path.clone() };
+    let etcd = || {
+        config.etcd.clone().map(StoreConfig::Etcd).ok_or("the configuration has no [store.etcd] section".to_string())
+    };
+    let (from, into) = match to {
+        "etcd" => (sqlite, etcd()?),
+        "sqlite" => (etcd()?, sqlite),
+        other => return Err(format!("--to {other}: expected etcd or sqlite")),
+    };
+    let mut source = open_store(&from).map_err(|e| e.to_string())?;
+    let table = source.load().map_err(|e| e.to_string())?;
+    if table.version == 0 {
+        return Err(format!("{} is empty: nothing to copy", source.describe()));
+    }
+    routing_table::transaction::build(table.version, table.entities.clone())
+        .map_err(|e| format!("{} at version {}: {e}", source.describe(), table.version))?;
+    let mut dest = open_store(&into).map_err(|e| e.to_string())?;
+    let comment = format!("copied from {} at version {}", source.describe(), table.version);
+    let version = dest.import(&table, &Who::internal("migrate"), &comment).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "copied {} entities from {} (version {}) into {} (version {version}); the source is unchanged",
+        table.entities.len(),
+        source.describe(),
+        table.version,
+        dest.describe()
+    ))
 }
 
 /// Applies the seed transaction file to an empty table.

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use routing_table::EtcdConfig;
 use serde::Deserialize;
 
 /// Why a configuration was refused; the message names the key.
@@ -62,11 +63,81 @@ struct FileStore {
     path: PathBuf,
     #[serde(default)]
     seed: Option<PathBuf>,
+    /// Used when `kind = "etcd"`, and by `edge migrate`.
+    #[serde(default)]
+    etcd: Option<FileEtcd>,
 }
 
 impl Default for FileStore {
     fn default() -> Self {
-        Self { kind: default_store_kind(), path: default_store_path(), seed: None }
+        Self { kind: default_store_kind(), path: default_store_path(), seed: None, etcd: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEtcd {
+    endpoints: Vec<String>,
+    #[serde(default = "default_etcd_prefix")]
+    prefix: String,
+    #[serde(default = "default_etcd_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+}
+
+fn default_etcd_prefix() -> String {
+    "/edge/".into()
+}
+fn default_etcd_timeout() -> u64 {
+    2000
+}
+
+impl FileEtcd {
+    fn validate(self) -> Result<EtcdConfig, (&'static str, String)> {
+        if self.endpoints.is_empty() {
+            return Err(("store.etcd.endpoints", "needs at least one http:// or https:// address".into()));
+        }
+        for e in &self.endpoints {
+            let ok = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://")).is_some_and(|a| !a.is_empty());
+            if !ok {
+                return Err(("store.etcd.endpoints", format!("`{e}` is not an http:// or https:// address")));
+            }
+        }
+        if self.prefix.is_empty() || !self.prefix.ends_with('/') {
+            return Err(("store.etcd.prefix", format!("`{}` must be non-empty and end with `/`", self.prefix)));
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            return Err(("store.etcd.timeout_ms", "must be between 100 and 60000".into()));
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return Err(("store.etcd.password_file", "user and password_file go together".into()));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(("store.etcd.key_file", "cert_file and key_file go together".into()));
+        }
+        let tls = self.ca_file.is_some() || self.cert_file.is_some();
+        if tls && self.endpoints.iter().any(|e| e.starts_with("http://")) {
+            return Err(("store.etcd.endpoints", "with ca_file or cert_file, every endpoint must be https://".into()));
+        }
+        Ok(EtcdConfig {
+            endpoints: self.endpoints,
+            prefix: self.prefix,
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            user: self.user,
+            password_file: self.password_file,
+            ca_file: self.ca_file,
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+        })
     }
 }
 
@@ -156,6 +227,7 @@ fn default_log_level() -> String {
 #[non_exhaustive]
 pub enum StoreConfig {
     Sqlite { path: PathBuf },
+    Etcd(EtcdConfig),
 }
 
 /// Who may use the control socket, besides root and Edge's own uid.
@@ -182,6 +254,10 @@ pub struct Config {
     pub path: PathBuf,
     pub data_dir: PathBuf,
     pub store: StoreConfig,
+    /// The embedded store's file, whichever `store` is (`edge migrate`).
+    pub sqlite_path: PathBuf,
+    /// `[store.etcd]`, whichever `store` is (`edge migrate`).
+    pub etcd: Option<EtcdConfig>,
     /// Transaction file applied on a first start with an empty store.
     pub seed: Option<PathBuf>,
     pub control: ControlConfig,
@@ -205,9 +281,18 @@ impl Config {
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         let invalid = |key, reason: String| ConfigError::Invalid { path: path.into(), key, reason };
         let data_dir = file.edge.data_dir;
-        let store = match file.store.kind.as_str() {
-            "sqlite" => StoreConfig::Sqlite { path: data_dir.join(&file.store.path) },
-            other => return Err(invalid("store.kind", format!("`{other}` is not a store kind (expected \"sqlite\")"))),
+        let sqlite_path = data_dir.join(&file.store.path);
+        let etcd = file.store.etcd.map(FileEtcd::validate).transpose().map_err(|(key, reason)| invalid(key, reason))?;
+        let store = match (file.store.kind.as_str(), &etcd) {
+            ("sqlite", _) => StoreConfig::Sqlite { path: sqlite_path.clone() },
+            ("etcd", Some(etcd)) => StoreConfig::Etcd(etcd.clone()),
+            ("etcd", None) => return Err(invalid("store.etcd", "kind = \"etcd\" needs a [store.etcd] section".into())),
+            (other, _) => {
+                return Err(invalid(
+                    "store.kind",
+                    format!("`{other}` is not a store kind (expected \"sqlite\" or \"etcd\")"),
+                ))
+            }
         };
         let mode = u32::from_str_radix(file.control.mode.trim_start_matches("0o"), 8)
             .ok()
@@ -237,6 +322,8 @@ impl Config {
             },
             data_dir,
             store,
+            sqlite_path,
+            etcd,
             seed,
             admin_listen: file.admin.listen,
             log_level: file.log.level,
@@ -269,6 +356,16 @@ mod tests {
     }
 
     #[test]
+    fn etcd_store() {
+        let c = parse("[store]\nkind = \"etcd\"\n[store.etcd]\nendpoints = [\"http://127.0.0.1:2379\", \"http://127.0.0.1:22379\"]\n")
+            .unwrap();
+        let StoreConfig::Etcd(etcd) = &c.store else { panic!("{:?}", c.store) };
+        assert_eq!(etcd.prefix, "/edge/");
+        assert_eq!(etcd.endpoints.len(), 2);
+        assert_eq!(c.sqlite_path, PathBuf::from("var/edge.db"));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = parse("[control]\nsockets = \"x\"\n").unwrap_err();
         assert!(e.contains("unknown field `sockets`"), "{e}");
@@ -277,7 +374,17 @@ mod tests {
         let e = parse("[admin]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.contains("listen"), "{e}");
         let e = parse("[store]\nkind = \"etcd\"\n").unwrap_err();
+        assert!(e.contains("`store.etcd`"), "{e}");
+        let e = parse("[store]\nkind = \"redis\"\n").unwrap_err();
         assert!(e.contains("`store.kind`"), "{e}");
+        let e = parse("[store]\nkind = \"etcd\"\n[store.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n").unwrap_err();
+        assert!(e.contains("`store.etcd.endpoints`"), "{e}");
+        let e = parse("[store.etcd]\nendpoints = [\"http://a:1\"]\nprefix = \"edge\"\n").unwrap_err();
+        assert!(e.contains("`store.etcd.prefix`"), "{e}");
+        let e = parse("[store.etcd]\nendpoints = [\"http://a:1\"]\nuser = \"edge\"\n").unwrap_err();
+        assert!(e.contains("`store.etcd.password_file`"), "{e}");
+        let e = parse("[store.etcd]\nendpoints = [\"http://a:1\"]\nca_file = \"ca.pem\"\n").unwrap_err();
+        assert!(e.contains("`store.etcd.endpoints`"), "{e}");
         let e = parse("[dns]\nzone = \"a..b\"\n").unwrap_err();
         assert!(e.contains("`dns.zone`"), "{e}");
         let e = parse("[dns]\nzones = \"x\"\n").unwrap_err();

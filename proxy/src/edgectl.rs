@@ -392,6 +392,20 @@ fn render_status(b: &Value) -> String {
         "version {}\nstore   {}\nuptime  {}h{:02}m{:02}s (pid {})\nroutes  {} backends, {} members, {} sites ({} hosts), {} mail logins, {} mail domains, {} sftp logins, {} databases, {} dns names\n",
         b["version"], b["store"].as_str().unwrap_or("?"), secs / 3600, secs / 60 % 60, secs % 60, b["pid"],
         c["backends"], c["members"], c["sites"], c["hosts"], c["mail_logins"], c["mail_domains"], c["sftp_logins"], c["databases"], c["dns_names"],
+    ) + &render_stale(&b["stale"])
+}
+
+/// The STALE line of a node that cannot read its shared store.
+fn render_stale(stale: &Value) -> String {
+    if stale.is_null() {
+        return String::new();
+    }
+    let since_ms = stale["since_ms"].as_u64().unwrap_or(0);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    format!(
+        "STALE   for {} s: cannot read the store ({}); serving the version above, refusing changes\n",
+        now_ms.saturating_sub(since_ms) / 1000,
+        stale["error"].as_str().unwrap_or("?")
     )
 }
 

@@ -30,6 +30,8 @@ pub use entity::{
 pub use metrics::TableMetrics;
 pub use name::Name;
 pub use snapshot::{HostMatch, Recipient, Snapshot};
-pub use store::{MemoryStore, SqliteStore, Store, StoreError, Who};
-pub use table::{ApplyError, Committed, DryRun, OpenError, Table};
+#[cfg(feature = "etcd")]
+pub use store::{EtcdConfig, EtcdStore};
+pub use store::{Loaded, MemoryStore, SqliteStore, Store, StoreError, Who};
+pub use table::{ApplyError, Committed, DryRun, OpenError, Stale, Table};
 pub use transaction::{Change, Op, Transaction, TxnError};

@@ -16,6 +16,7 @@ pub struct TableMetrics {
     transactions: IntCounterVec,
     publish: Histogram,
     commit: Histogram,
+    stale: IntGauge,
 }
 
 impl TableMetrics {
@@ -27,6 +28,7 @@ impl TableMetrics {
         registry.register(Box::new(m.transactions.clone()))?;
         registry.register(Box::new(m.publish.clone()))?;
         registry.register(Box::new(m.commit.clone()))?;
+        registry.register(Box::new(m.stale.clone()))?;
         Ok(m)
     }
 
@@ -53,6 +55,10 @@ impl TableMetrics {
             commit: Histogram::with_opts(
                 HistogramOpts::new("edge_table_commit_seconds", "Time to make a transaction durable in the store.")
                     .buckets(buckets),
+            )?,
+            stale: IntGauge::new(
+                "edge_table_stale",
+                "1 while the shared store (etcd) cannot be read: the table served may be behind other nodes'.",
             )?,
         };
         for result in ["applied", "unchanged", "rejected", "conflict", "failed"] {
@@ -94,6 +100,10 @@ impl TableMetrics {
 
     pub(crate) fn unchanged(&self) {
         self.transactions.with_label_values(&["unchanged"]).inc();
+    }
+
+    pub(crate) fn stale(&self, stale: bool) {
+        self.stale.set(i64::from(stale));
     }
 
     pub(crate) fn failed(&self) {

@@ -5,13 +5,22 @@
 //! snapshot to the end. Writers send transactions to the writer thread,
 //! which validates, commits to the store, then swaps — in that order, so a
 //! version is durable before anyone can see it.
+//!
+//! With a shared store (etcd, several edge nodes) the writer also follows
+//! the other nodes' commits: the store wakes it, and it polls every
+//! [`SHARED_POLL`] besides. A commit that lost a race to another node is
+//! validated again on the caught-up table (so `if_version` gives a 409, and a
+//! transaction never mixes with another). While the store cannot be read the
+//! table keeps serving its last snapshot, reports itself [`Stale`], and
+//! refuses writes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot, watch};
 
@@ -36,6 +45,8 @@ pub enum ApplyError {
     Closed,
     #[error("this table is a read-only follower of a store another process writes; change it through that process")]
     ReadOnly,
+    #[error("the shared store cannot be reached ({0}); this node keeps serving version {1} but refuses changes until it is back")]
+    Unavailable(String, u64),
 }
 
 /// Why the table could not be opened.
@@ -65,6 +76,24 @@ pub struct Committed {
 /// it gets `RecvError::Lagged` (and must resynchronise from a snapshot).
 pub const CHANGES_BACKLOG: usize = 1024;
 
+/// How often a table on a shared store checks the store when nothing woke
+/// it: the longest a lost connection goes unnoticed, plus the store's own
+/// request timeout.
+pub const SHARED_POLL: Duration = Duration::from_secs(1);
+
+/// How many times a commit that lost a race to another node is validated
+/// again on the caught-up table before the error is returned.
+const COMMIT_RETRIES: usize = 8;
+
+/// Why a table on a shared store may be behind: it could not read the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stale {
+    /// When it first failed, in ms since the Unix epoch.
+    pub since_ms: u64,
+    /// The store's error.
+    pub error: String,
+}
+
 /// What a transaction would do, without doing it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DryRun {
@@ -76,15 +105,40 @@ pub struct DryRun {
 type Reply<T> = oneshot::Sender<Result<T, ApplyError>>;
 
 enum Command {
-    Apply { txn: Transaction, who: Who, reply: Reply<Committed> },
-    Rollback { to: u64, if_version: Option<u64>, who: Who, reply: Reply<Committed> },
-    History { before: Option<u64>, limit: usize, reply: Reply<Vec<HistoryEntry>> },
-    Entry { version: u64, reply: Reply<HistoryEntry> },
-    Diff { from: u64, to: u64, reply: Reply<Vec<Change>> },
+    Apply {
+        txn: Transaction,
+        who: Who,
+        reply: Reply<Committed>,
+    },
+    Rollback {
+        to: u64,
+        if_version: Option<u64>,
+        who: Who,
+        reply: Reply<Committed>,
+    },
+    History {
+        before: Option<u64>,
+        limit: usize,
+        reply: Reply<Vec<HistoryEntry>>,
+    },
+    Entry {
+        version: u64,
+        reply: Reply<HistoryEntry>,
+    },
+    Diff {
+        from: u64,
+        to: u64,
+        reply: Reply<Vec<Change>>,
+    },
+    /// The shared store may have a newer version.
+    CatchUp,
 }
 
 struct Shared {
     current: ArcSwap<Snapshot>,
+    stale: ArcSwapOption<Stale>,
+    /// A `CatchUp` is queued: later wake-ups need not queue another.
+    wake_queued: AtomicBool,
     versions: watch::Sender<u64>,
     changes: broadcast::Sender<Committed>,
     metrics: TableMetrics,
@@ -101,9 +155,10 @@ pub struct Table {
 }
 
 impl Table {
-    /// Loads the table from `store` and starts the writer thread.
+    /// Loads the table from `store` and starts the writer thread. A shared
+    /// store (one that [watches](Store::watch)) is followed as well.
     pub fn open(store: Box<dyn Store>, metrics: TableMetrics) -> Result<Table, OpenError> {
-        Self::start(store, metrics, None)
+        Self::start(store, metrics, Mode::Owner)
     }
 
     /// A read-only table that follows a store another process writes (the
@@ -112,14 +167,10 @@ impl Table {
     /// them like the writer does. Writes are refused with
     /// [`ApplyError::ReadOnly`]; history and diff work.
     pub fn follow(store: Box<dyn Store>, metrics: TableMetrics, poll: std::time::Duration) -> Result<Table, OpenError> {
-        Self::start(store, metrics, Some(poll))
+        Self::start(store, metrics, Mode::Follow(poll))
     }
 
-    fn start(
-        mut store: Box<dyn Store>,
-        metrics: TableMetrics,
-        follow: Option<std::time::Duration>,
-    ) -> Result<Table, OpenError> {
+    fn start(mut store: Box<dyn Store>, metrics: TableMetrics, mut mode: Mode) -> Result<Table, OpenError> {
         let loaded = store.load()?;
         let version = loaded.version;
         let snapshot =
@@ -127,10 +178,29 @@ impl Table {
         metrics.published(&snapshot, None);
         let (versions, _) = watch::channel(version);
         let (changes, _) = broadcast::channel(CHANGES_BACKLOG);
-        let shared = Arc::new(Shared { current: ArcSwap::from_pointee(snapshot), versions, changes, metrics });
+        let shared = Arc::new(Shared {
+            current: ArcSwap::from_pointee(snapshot),
+            stale: ArcSwapOption::empty(),
+            wake_queued: AtomicBool::new(false),
+            versions,
+            changes,
+            metrics,
+        });
         let (commands, rx) = mpsc::channel();
         let describe: Arc<str> = store.describe().into();
-        let writer = Writer { shared: shared.clone(), store, follow };
+        if matches!(mode, Mode::Owner) {
+            let (wake_tx, wake_shared) = (commands.clone(), Arc::downgrade(&shared));
+            let wake: crate::store::Wake = Arc::new(move || {
+                let Some(shared) = wake_shared.upgrade() else { return };
+                if !shared.wake_queued.swap(true, Ordering::AcqRel) {
+                    let _ = wake_tx.send(Command::CatchUp);
+                }
+            });
+            if store.watch(wake)? {
+                mode = Mode::Shared;
+            }
+        }
+        let writer = Writer { shared: shared.clone(), store, mode };
         thread::Builder::new().name("table-writer".into()).spawn(move || writer.run(rx)).map_err(|e| {
             StoreError::Corrupt { path: describe.to_string(), what: "writer thread".into(), reason: e.to_string() }
         })?;
@@ -166,6 +236,12 @@ impl Table {
 
     pub fn uptime(&self) -> std::time::Duration {
         self.opened.elapsed()
+    }
+
+    /// Set while a table on a shared store cannot read it: the snapshot
+    /// served may be behind the other nodes'.
+    pub fn stale(&self) -> Option<Arc<Stale>> {
+        self.shared.stale.load_full()
     }
 
     /// What `txn` would change, checked against the current snapshot.
@@ -215,35 +291,50 @@ impl Table {
     }
 }
 
+/// What the writer thread does besides applying commands.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Only this process writes the store.
+    Owner,
+    /// A read-only follower of a store another process writes, polled.
+    Follow(Duration),
+    /// A store several nodes write (etcd): woken by the store, polled too.
+    Shared,
+}
+
 struct Writer {
     shared: Arc<Shared>,
     store: Box<dyn Store>,
-    /// Set for a follower: how often to look for other writers' versions.
-    follow: Option<std::time::Duration>,
+    mode: Mode,
 }
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
         loop {
-            let cmd = match self.follow {
+            let poll = match self.mode {
+                Mode::Owner => None,
+                Mode::Follow(poll) => Some(poll),
+                Mode::Shared => Some(SHARED_POLL),
+            };
+            let cmd = match poll {
                 None => match rx.recv() {
                     Ok(cmd) => cmd,
                     Err(_) => return,
                 },
                 Some(poll) => match rx.recv_timeout(poll) {
                     Ok(cmd) => cmd,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(e) = self.catch_up() {
-                            tracing::warn!(error = %e, "could not read new versions from the store; serving the last one");
-                        }
-                        continue;
-                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => Command::CatchUp,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 },
             };
+            let read_only = matches!(self.mode, Mode::Follow(_));
             match cmd {
-                Command::Apply { reply, .. } if self.follow.is_some() => drop(reply.send(Err(ApplyError::ReadOnly))),
-                Command::Rollback { reply, .. } if self.follow.is_some() => drop(reply.send(Err(ApplyError::ReadOnly))),
+                Command::CatchUp => {
+                    self.shared.wake_queued.store(false, Ordering::Release);
+                    let _ = self.follow();
+                }
+                Command::Apply { reply, .. } if read_only => drop(reply.send(Err(ApplyError::ReadOnly))),
+                Command::Rollback { reply, .. } if read_only => drop(reply.send(Err(ApplyError::ReadOnly))),
                 Command::Apply { txn, who, reply } => drop(reply.send(self.apply(txn, &who))),
                 Command::Rollback { to, if_version, who, reply } => {
                     drop(reply.send(self.rollback(to, if_version, &who)))
@@ -257,10 +348,40 @@ impl Writer {
         }
     }
 
+    /// Applies `txn`; on a shared store, first makes sure the store is
+    /// reachable, and validates again after catching up when another node
+    /// committed first.
     fn apply(&mut self, txn: Transaction, who: &Who) -> Result<Committed, ApplyError> {
+        if !matches!(self.mode, Mode::Shared) {
+            return self.apply_once(&txn, who);
+        }
+        if self.shared.stale.load().is_some() {
+            self.follow().map_err(|e| self.unavailable(e))?;
+        }
+        let mut tries = 0;
+        loop {
+            match self.apply_once(&txn, who) {
+                Err(ApplyError::Store(StoreError::VersionMismatch { .. })) if tries < COMMIT_RETRIES => {
+                    tries += 1;
+                    self.follow().map_err(|e| self.unavailable(e))?;
+                }
+                Err(ApplyError::Store(e @ StoreError::Remote { .. })) => {
+                    self.set_stale(&e);
+                    return Err(self.unavailable(e));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn unavailable(&self, e: StoreError) -> ApplyError {
+        ApplyError::Unavailable(e.to_string(), self.shared.current.load().version())
+    }
+
+    fn apply_once(&mut self, txn: &Transaction, who: &Who) -> Result<Committed, ApplyError> {
         let started = Instant::now();
         let base = self.shared.current.load_full();
-        let applied = match transaction::apply(&base, &txn) {
+        let applied = match transaction::apply(&base, txn) {
             Ok(a) => a,
             Err(e) => {
                 self.shared.metrics.rejected(&e);
@@ -272,17 +393,29 @@ impl Writer {
             self.shared.metrics.unchanged();
             return Ok(Committed { version: base.version(), changes: Arc::from([]) });
         }
-        let version = applied.snapshot.version();
-        let commit = Commit { version, time_ms: now_ms(), who, txn: &txn, changes: &applied.changes };
+        let mut snapshot = applied.snapshot;
+        let commit = Commit {
+            base: base.version(),
+            version: snapshot.version(),
+            time_ms: now_ms(),
+            who,
+            txn,
+            changes: &applied.changes,
+        };
         let stored = Instant::now();
-        if let Err(e) = self.store.commit(&commit) {
-            self.shared.metrics.failed();
-            tracing::error!(version, error = %e, "store commit failed; version not published");
-            return Err(e.into());
-        }
+        let version = match self.store.commit(&commit) {
+            Ok(version) => version,
+            Err(e) => {
+                self.shared.metrics.failed();
+                tracing::warn!(base = base.version(), error = %e, "store commit failed; version not published");
+                return Err(e.into());
+            }
+        };
+        // A shared store numbers versions itself (etcd's revision).
+        snapshot.version = version;
         let commit_time = stored.elapsed();
         let committed = Committed { version, changes: applied.changes.into() };
-        self.shared.current.store(Arc::new(applied.snapshot));
+        self.shared.current.store(Arc::new(snapshot));
         self.shared.versions.send_replace(version);
         let _ = self.shared.changes.send(committed.clone()); // no subscribers is fine
         let snapshot = self.shared.current.load();
@@ -298,23 +431,67 @@ impl Writer {
         Ok(committed)
     }
 
-    /// A follower's step: applies the versions another process committed
-    /// since ours, as one publication.
+    /// Catches up with the store, and keeps the stale mark true: set when
+    /// the store cannot be read, cleared when it can again.
+    fn follow(&mut self) -> Result<(), StoreError> {
+        match self.catch_up() {
+            Ok(()) => {
+                if let Some(stale) = self.shared.stale.swap(None) {
+                    self.shared.metrics.stale(false);
+                    tracing::warn!(
+                        version = self.shared.current.load().version(),
+                        since_ms = stale.since_ms,
+                        "the store is reachable again; table caught up"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.set_stale(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn set_stale(&self, e: &StoreError) {
+        let first = self.shared.stale.load().is_none();
+        let since_ms = self.shared.stale.load().as_ref().map_or_else(now_ms, |s| s.since_ms);
+        self.shared.stale.store(Some(Arc::new(Stale { since_ms, error: e.to_string() })));
+        self.shared.metrics.stale(true);
+        if first {
+            tracing::error!(
+                version = self.shared.current.load().version(),
+                error = %e,
+                "cannot read the store: serving the last version, marked stale, refusing changes"
+            );
+        }
+    }
+
+    /// Applies the versions another process committed since ours, as one
+    /// publication. When the store no longer has the history between
+    /// (pruned), it reloads the whole table and publishes the difference.
     fn catch_up(&mut self) -> Result<(), StoreError> {
         let base = self.shared.current.load_full();
         let stored = self.store.version()?;
         if stored <= base.version() {
             return Ok(());
         }
-        let changes = self.store.changes(base.version(), stored)?;
-        let mut next = (*base).clone();
-        for c in &changes {
-            match &c.after {
-                Some(entity) => drop(next.put(entity.clone())),
-                None => drop(next.delete(&c.key())),
+        let (next, changes) = match self.store.changes(base.version(), stored) {
+            Ok(changes) => {
+                let mut next = (*base).clone();
+                for c in &changes {
+                    match &c.after {
+                        Some(entity) => drop(next.put(entity.clone())),
+                        None => drop(next.delete(&c.key())),
+                    }
+                }
+                next.version = stored;
+                (next, changes)
             }
-        }
-        next.version = stored;
+            Err(StoreError::NoSuchVersion { .. }) => self.reload(&base)?,
+            Err(e) => return Err(e),
+        };
+        let stored = next.version;
         let committed = Committed { version: stored, changes: changes.into() };
         self.shared.current.store(Arc::new(next));
         self.shared.versions.send_replace(stored);
@@ -327,6 +504,42 @@ impl Writer {
             "followed the store"
         );
         Ok(())
+    }
+
+    /// The whole stored table, and how it differs from `base`.
+    fn reload(&mut self, base: &Snapshot) -> Result<(Snapshot, Vec<Change>), StoreError> {
+        let loaded = self.store.load()?;
+        let version = loaded.version;
+        let describe = self.store.describe();
+        let next = transaction::build(version, loaded.entities).map_err(|e| StoreError::Corrupt {
+            path: describe,
+            what: format!("table at version {version}"),
+            reason: e.to_string(),
+        })?;
+        let mut changes = Vec::new();
+        for after in next.entities() {
+            let before = base.get(&after.key());
+            if before.as_ref() != Some(&after) {
+                changes.push(Change { kind: after.kind(), name: after.name().clone(), before, after: Some(after) });
+            }
+        }
+        for before in base.entities() {
+            if next.get(&before.key()).is_none() {
+                changes.push(Change {
+                    kind: before.kind(),
+                    name: before.name().clone(),
+                    before: Some(before),
+                    after: None,
+                });
+            }
+        }
+        tracing::warn!(
+            from = base.version(),
+            to = version,
+            changed = changes.len(),
+            "history missing: reloaded the whole table"
+        );
+        Ok((next, changes))
     }
 
     fn rollback(&mut self, to: u64, if_version: Option<u64>, who: &Who) -> Result<Committed, ApplyError> {

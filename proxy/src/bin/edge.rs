@@ -22,6 +22,12 @@ enum Command {
     Run,
     /// Check the configuration (and its seed file) and exit.
     CheckConfig,
+    /// Copy the table into an empty store: `--to etcd` from the embedded
+    /// store, `--to sqlite` from etcd (both as configured in [store]).
+    Migrate {
+        #[arg(long, value_parser = ["etcd", "sqlite"])]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +48,16 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("edge: {e}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Migrate { to } => match proxy::app::migrate(&config, &to) {
+            Ok(line) => {
+                println!("edge: {line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("edge migrate: {e}");
+                ExitCode::FAILURE
             }
         },
         Command::Run => run(config),

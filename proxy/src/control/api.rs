@@ -78,6 +78,9 @@ impl From<ApplyError> for ApiError {
             ApplyError::Rejected(t) => t.into(),
             ApplyError::NoSuchVersion(_) => Self::not_found(e.to_string()),
             ApplyError::Unchanged(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            ApplyError::Unavailable(..) | ApplyError::ReadOnly => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "control request failed inside");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
@@ -184,6 +187,7 @@ impl Api {
             "version": snap.version(),
             "store": self.table.store_description(),
             "uptime_secs": self.table.uptime().as_secs(),
+            "stale": self.table.stale().as_deref(),
             "counts": snap.counts(),
             "pid": std::process::id(),
         })

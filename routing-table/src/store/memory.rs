@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Commit, HistoryEntry, Loaded, Store, StoreError};
+use super::{Commit, HistoryEntry, Loaded, Store, StoreError, Who};
 use crate::entity::{Entity, EntityKey};
 use crate::transaction::Change;
 
@@ -44,8 +44,8 @@ impl Store for MemoryStore {
         Ok(Loaded { version: self.version, entities: self.entities.values().cloned().collect() })
     }
 
-    fn commit(&mut self, c: &Commit<'_>) -> Result<(), StoreError> {
-        if c.version != self.version + 1 {
+    fn commit(&mut self, c: &Commit<'_>) -> Result<u64, StoreError> {
+        if c.version != self.version + 1 || c.base != self.version {
             return Err(StoreError::VersionMismatch {
                 path: "memory".into(),
                 expected: c.version - 1,
@@ -72,7 +72,20 @@ impl Store for MemoryStore {
             let old = self.history.len() - self.keep_changes - 1;
             self.history[old].changes = None;
         }
-        Ok(())
+        Ok(c.version)
+    }
+
+    fn import(&mut self, table: &Loaded, who: &Who, comment: &str) -> Result<u64, StoreError> {
+        if self.version != 0 {
+            return Err(StoreError::NotEmpty { path: "memory".into(), version: self.version });
+        }
+        let (txn, changes) = super::import_commit_parts(table, comment);
+        // Dense versions: pretend the versions before the copy were empty.
+        self.version = table.version.max(1) - 1;
+        let version = self.version + 1;
+        let commit =
+            Commit { base: self.version, version, time_ms: super::now_ms(), who, txn: &txn, changes: &changes };
+        self.commit(&commit)
     }
 
     fn history(&mut self, before: Option<u64>, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Commit, HistoryEntry, Loaded, Store, StoreError, Who};
+use super::{to_json, Commit, HistoryEntry, Loaded, Store, StoreError, Who};
 use crate::entity::Entity;
 use crate::transaction::{Change, Transaction};
 
@@ -89,6 +89,48 @@ impl SqliteStore {
             changes,
         })
     }
+    /// Writes one commit in one SQLite transaction, if the stored version is
+    /// still `c.base` (an import: 0, and its version may be anything above).
+    fn write(&mut self, c: &Commit<'_>, import: bool) -> Result<u64, StoreError> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let found: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'version'", [], |r| r.get(0)).map_err(err)?;
+        let expected = if import { 0 } else { c.version - 1 };
+        if found as u64 != expected || c.base != expected {
+            return Err(StoreError::VersionMismatch { path, expected, found: found as u64 });
+        }
+        {
+            let mut put = tx
+                .prepare_cached("INSERT OR REPLACE INTO entities (kind, name, body) VALUES (?1, ?2, ?3)")
+                .map_err(err)?;
+            let mut del = tx.prepare_cached("DELETE FROM entities WHERE kind = ?1 AND name = ?2").map_err(err)?;
+            for change in c.changes {
+                let kind = change.kind.as_str();
+                match &change.after {
+                    Some(e) => put.execute(params![kind, &*change.name, to_json(e)]).map_err(err)?,
+                    None => del.execute(params![kind, &*change.name]).map_err(err)?,
+                };
+            }
+        }
+        tx.execute(
+            "INSERT INTO history (version, time_ms, who, comment, changed, txn, changes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                c.version as i64,
+                c.time_ms as i64,
+                to_json(c.who),
+                c.txn.comment,
+                c.changes.len() as i64,
+                to_json(c.txn),
+                to_json(&c.changes),
+            ],
+        )
+        .map_err(err)?;
+        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'version'", [c.version as i64]).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(c.version)
+    }
 }
 
 struct HistoryRow {
@@ -140,43 +182,19 @@ impl Store for SqliteStore {
         Ok(Loaded { version, entities })
     }
 
-    fn commit(&mut self, c: &Commit<'_>) -> Result<(), StoreError> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
-        let found: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'version'", [], |r| r.get(0)).map_err(err)?;
-        if found as u64 + 1 != c.version {
-            return Err(StoreError::VersionMismatch { path, expected: c.version - 1, found: found as u64 });
+    fn commit(&mut self, c: &Commit<'_>) -> Result<u64, StoreError> {
+        self.write(c, false)
+    }
+
+    fn import(&mut self, table: &Loaded, who: &Who, comment: &str) -> Result<u64, StoreError> {
+        let found = self.meta("version")?;
+        if found != 0 {
+            return Err(StoreError::NotEmpty { path: self.path.display().to_string(), version: found });
         }
-        {
-            let mut put = tx
-                .prepare_cached("INSERT OR REPLACE INTO entities (kind, name, body) VALUES (?1, ?2, ?3)")
-                .map_err(err)?;
-            let mut del = tx.prepare_cached("DELETE FROM entities WHERE kind = ?1 AND name = ?2").map_err(err)?;
-            for change in c.changes {
-                let kind = change.kind.as_str();
-                match &change.after {
-                    Some(e) => put.execute(params![kind, &*change.name, to_json(e)]).map_err(err)?,
-                    None => del.execute(params![kind, &*change.name]).map_err(err)?,
-                };
-            }
-        }
-        tx.execute(
-            "INSERT INTO history (version, time_ms, who, comment, changed, txn, changes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                c.version as i64,
-                c.time_ms as i64,
-                to_json(c.who),
-                c.txn.comment,
-                c.changes.len() as i64,
-                to_json(c.txn),
-                to_json(&c.changes),
-            ],
-        )
-        .map_err(err)?;
-        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'version'", [c.version as i64]).map_err(err)?;
-        tx.commit().map_err(err)
+        let (txn, changes) = super::import_commit_parts(table, comment);
+        let version = table.version.max(1);
+        let commit = Commit { base: 0, version, time_ms: super::now_ms(), who, txn: &txn, changes: &changes };
+        self.write(&commit, true)
     }
 
     fn history(&mut self, before: Option<u64>, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
@@ -228,9 +246,4 @@ impl Store for SqliteStore {
     fn version(&mut self) -> Result<u64, StoreError> {
         self.meta("version")
     }
-}
-
-fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> String {
-    // Our own types always serialise: no maps with non-string keys.
-    serde_json::to_string(v).unwrap_or_else(|e| format!("\"unserialisable: {e}\""))
 }
