@@ -41,6 +41,27 @@ const SCHEMA: u32 = 1;
 const PAGE: i64 = 256;
 /// The largest answer the client accepts (one page of big records).
 const MAX_DECODE: usize = 64 << 20;
+/// Pause before sending a request again.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Which failed requests may be sent again.
+#[derive(Clone, Copy)]
+enum Resend {
+    /// A read: any failure.
+    Read,
+    /// A commit: only when etcd cannot have received it.
+    Write,
+}
+
+impl Resend {
+    fn again(self, e: &etcd_client::Error) -> bool {
+        let text = e.to_string();
+        // The client balances over every endpoint, dead members included: a
+        // connection refused means the request never left.
+        let unsent = text.contains("tcp connect error") || text.contains("no leader");
+        unsent || matches!(self, Resend::Read)
+    }
+}
 
 /// Where the etcd cluster is and how to log in, from `[store.etcd]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,19 +227,37 @@ impl EtcdStore {
         StoreError::Corrupt { path: self.describe.clone(), what: what.into(), reason: reason.to_string() }
     }
 
-    /// Runs one request on the client's runtime and waits for it.
-    fn call<T: Send + 'static>(
-        &self,
-        what: &str,
-        request: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    /// Runs one request on the client's runtime and waits for it; a request
+    /// that failed without reaching etcd (a dead member, an election) is
+    /// sent again until the timeout, and so is any failed read.
+    fn call<T, F, Fut>(&self, what: &str, resend: Resend, request: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
         let runtime = self.runtime.as_ref().ok_or_else(|| self.remote("client stopped".into()))?;
-        wait(runtime, self.timeout, request).map_err(|e| self.remote(format!("{what}: {e}")))
+        let timeout = self.timeout;
+        let retried = async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                match request().await {
+                    Err(e) if resend.again(&e) && tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        wait(runtime, timeout, retried).map_err(|e| self.remote(format!("{what}: {e}")))
     }
 
     fn head(&mut self) -> Result<Head, StoreError> {
-        let (mut kv, key) = (self.kv.clone(), self.key("head"));
-        let resp = self.call("read head", async move { kv.get(key, None).await })?;
+        let (kv, key) = (self.kv.clone(), self.key("head"));
+        let resp = self.call("read head", Resend::Read, move || {
+            let (mut kv, key) = (kv.clone(), key.clone());
+            async move { kv.get(key, None).await }
+        })?;
         let read_at = resp.header().map_or(0, |h| h.revision());
         let Some(head) = resp.kvs().first() else {
             return Ok(Head { version: 0, read_at });
@@ -249,8 +288,11 @@ impl EtcdStore {
             if descend {
                 options = options.with_sort(SortTarget::Key, SortOrder::Descend);
             }
-            let (mut kv, key) = (self.kv.clone(), start.clone());
-            let mut resp = self.call("range read", async move { kv.get(key, Some(options)).await })?;
+            let (kv, key) = (self.kv.clone(), start.clone());
+            let mut resp = self.call("range read", Resend::Read, move || {
+                let (mut kv, key, options) = (kv.clone(), key.clone(), options.clone());
+                async move { kv.get(key, Some(options)).await }
+            })?;
             if at == 0 {
                 at = resp.header().map_or(0, |h| h.revision());
             }
@@ -386,8 +428,11 @@ impl Store for EtcdStore {
         let head = HeadValue { schema: SCHEMA, offset: self.offset, base: c.base };
         ops.push(TxnOp::put(head_key, to_json(&head), None));
         let txn = Txn::new().when([guard]).and_then(ops);
-        let mut kv = self.kv.clone();
-        let resp = self.call("commit", async move { kv.txn(txn).await })?;
+        let kv = self.kv.clone();
+        let resp = self.call("commit", Resend::Write, move || {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })?;
         if !resp.succeeded() {
             let found = self.head()?.version;
             return Err(StoreError::VersionMismatch { path: self.describe.clone(), expected: c.base, found });
