@@ -320,6 +320,19 @@ async fn a_restarted_node_serves_the_current_version_from_its_first_answer() {
     let first = c.process.ready().await; // the first answer of its control socket
     assert_eq!(first.body["version"].as_u64(), Some(current), "{:?}", first.body);
     assert_eq!(c.dig("while-down.mayfirst.local"), "127.0.4.10");
+
+    // The table deleted under the nodes: they keep serving, say why they are
+    // stale, and refuse writes instead of starting over.
+    cluster.etcdctl(&["del", "--prefix", "/edge-test/"]);
+    let stale = eventually(5, "A stale after the prefix was deleted", || async {
+        let s = a.status().await;
+        (!s["stale"].is_null()).then_some(s)
+    })
+    .await;
+    assert!(stale["stale"]["error"].as_str().unwrap().contains("went back"), "{stale}");
+    assert_eq!(c.dig("while-down.mayfirst.local"), "127.0.4.10");
+    let refused = a.post(&put_backend("after-delete", "127.0.4.99")).await;
+    assert_eq!(refused.status, 503, "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -365,7 +365,7 @@ impl Writer {
                     tries += 1;
                     self.follow().map_err(|e| self.unavailable(e))?;
                 }
-                Err(ApplyError::Store(e @ StoreError::Remote { .. })) => {
+                Err(ApplyError::Store(e @ (StoreError::Remote { .. } | StoreError::Corrupt { .. }))) => {
                     self.set_stale(&e);
                     return Err(self.unavailable(e));
                 }
@@ -473,7 +473,17 @@ impl Writer {
     fn catch_up(&mut self) -> Result<(), StoreError> {
         let base = self.shared.current.load_full();
         let stored = self.store.version()?;
-        if stored <= base.version() {
+        if stored < base.version() {
+            return Err(StoreError::Corrupt {
+                path: self.store.describe(),
+                what: "version".into(),
+                reason: format!(
+                    "went back from {} to {stored}: the store was emptied or restored from an older copy; restart to adopt it",
+                    base.version()
+                ),
+            });
+        }
+        if stored == base.version() {
             return Ok(());
         }
         let (next, changes) = match self.store.changes(base.version(), stored) {
