@@ -405,6 +405,11 @@ impl Writer {
         let stored = Instant::now();
         let version = match self.store.commit(&commit) {
             Ok(version) => version,
+            Err(e @ StoreError::VersionMismatch { .. }) if matches!(self.mode, Mode::Shared) => {
+                // Another node committed first: caught up and validated again by the caller.
+                tracing::debug!(base = base.version(), error = %e, "lost a commit race to another node");
+                return Err(e.into());
+            }
             Err(e) => {
                 self.shared.metrics.failed();
                 tracing::warn!(base = base.version(), error = %e, "store commit failed; version not published");
