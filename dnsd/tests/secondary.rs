@@ -9,7 +9,7 @@ use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{eventually, TestDns};
+use support::TestDns;
 
 struct Knot {
     child: Child,
@@ -100,9 +100,28 @@ impl Drop for Knot {
 }
 
 fn free_port() -> u16 {
-    // Free for UDP; knotd binds UDP and TCP on it.
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
+    // knotd binds UDP and TCP on it: free for both.
+    loop {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = s.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Waits up to `secs` for Knot to serve `serial`; fails with Knot's log.
+fn wait_serial(knot: &Knot, serial: u64, secs: u64) {
+    let start = std::time::Instant::now();
+    while knot.serial() != Some(serial) {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "Knot did not reach serial {serial} in {secs} s (it has {:?}); its log:\n{}",
+            knot.serial(),
+            knot.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -128,14 +147,14 @@ fn follow(key: Option<(&str, &str)>) {
     let knot = Knot::start_secondary(dns.addr, port, key);
     let v1 = dns.table.load().version();
     // The first transfer, at start.
-    eventually(Duration::from_secs(20), || (knot.serial() == Some(v1)).then_some(()));
+    wait_serial(&knot, v1, 20);
     assert_eq!(knot.dig("alice_wp.mysql.mayfirst.local A").trim(), "10.0.0.12", "{}", knot.log());
     assert_eq!(knot.dig("_mysql._tcp.alice.mayfirst.local SRV").trim(), "0 5 3306 alice_wp.mysql.mayfirst.local.");
     // A move. The refresh timer is an hour: only NOTIFY can bring it over.
     let v2 = dns.apply(
         r#"{"ops":[{"op":"put","entity":{"kind":"database","name":"alice_wp","member":"alice","server":"mosh40"}}]}"#,
     );
-    eventually(Duration::from_secs(10), || (knot.serial() == Some(v2)).then_some(()));
+    wait_serial(&knot, v2, 10);
     assert_eq!(knot.dig("alice_wp.mysql.mayfirst.local A").trim(), "10.0.0.40", "{}", knot.log());
     let text = dns.metrics_text();
     assert!(!text.contains("edge_dns_notifies_total{result=\"acked\"} 0"), "{text}");
