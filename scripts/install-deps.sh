@@ -13,8 +13,11 @@ run_pkgs=(build-essential pkg-config cmake curl ca-certificates protobuf-compile
 # store with it (docs/routing-table.md); bind9-dnsutils (dig) and
 # knot-dnsutils (kdig): dnsd's answers as clients see them; knot: a real
 # secondary that transfers dnsd's zone; etcd-server and etcd-client (etcdctl):
-# the 3-member cluster the multi-node tests start.
-test_pkgs=(prometheus util-linux procps sqlite3 bind9-dnsutils knot-dnsutils knot etcd-server etcd-client)
+# the 3-member cluster the multi-node tests start; openssh-server (two sshd
+# backends), openssh-client (ssh, sftp, scp, ssh-keygen) and sshpass: the SSH
+# forwarder's interop tests; passwd: useradd/chpasswd for their test user.
+test_pkgs=(prometheus util-linux procps sqlite3 bind9-dnsutils knot-dnsutils knot etcd-server etcd-client
+    openssh-server openssh-client sshpass passwd)
 
 # The test script runs clippy and rustfmt; a minimal rustup profile lacks them.
 if [ "${1:-run}" = test ] && command -v rustup >/dev/null 2>&1; then
@@ -38,7 +41,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-# Servers the tests use (knot, prometheus, etcd) are started by the tests as their
+# Servers the tests use (knot, prometheus, etcd, sshd) are started by the tests as their
 # own processes; keep their packages from starting system services.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, StoreConfig};
 use crate::control::{self, Api, ControlListener};
+use crate::sessions::Sessions;
 
 /// Why Edge could not start. Each names what it was working on.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Dns(#[from] dnsd::BindError),
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::BindError),
 }
 
 /// A started Edge: table open, listeners bound, nothing served yet.
@@ -44,6 +47,8 @@ pub struct Edge {
     control: ControlListener,
     admin: TcpListener,
     dns: Option<dnsd::Dnsd>,
+    ssh: Option<crate::ssh::Ssh>,
+    sessions: Arc<Sessions>,
 }
 
 impl Edge {
@@ -75,15 +80,27 @@ impl Edge {
             }
             None => None,
         };
+        let sessions = Sessions::new();
+        let ssh = match &config.ssh {
+            Some(settings) => {
+                let metrics = crate::ssh::SshMetrics::register(&registry)?;
+                let ssh =
+                    crate::ssh::Ssh::bind(settings.clone(), &config.data_dir, table.clone(), sessions.clone(), metrics)
+                        .await?;
+                Some(ssh)
+            }
+            None => None,
+        };
         tracing::info!(
             version = table.load().version(),
             store = table.store_description(),
             control = %control.path().display(),
             admin = %config.admin_listen,
             dns = ?dns.as_ref().map(|d| d.local_addrs()),
+            ssh = ?ssh.as_ref().map(|s| s.local_addrs()),
             "edge started"
         );
-        Ok(Edge { table, registry, control, admin, dns })
+        Ok(Edge { table, registry, control, admin, dns, ssh, sessions })
     }
 
     pub fn table(&self) -> &Table {
@@ -99,6 +116,11 @@ impl Edge {
         self.dns.as_ref().map_or(&[], |d| d.local_addrs())
     }
 
+    /// Where the SSH forwarder listens, when it is configured.
+    pub fn ssh_addrs(&self) -> &[SocketAddr] {
+        self.ssh.as_ref().map_or(&[], |s| s.local_addrs())
+    }
+
     pub fn control_path(&self) -> &Path {
         self.control.path()
     }
@@ -109,10 +131,11 @@ impl Edge {
         // Every listener is bound: tell systemd (Type=notify), if it asked.
         notify_systemd(&[sd_notify::NotifyState::Ready]);
         let access = self.control.access_handle();
-        let api = Arc::new(Api::new(self.table.clone()));
+        let api = Arc::new(Api::new(self.table.clone(), self.sessions.clone()));
         let control = tokio::spawn(self.control.serve(api, shutdown.clone()));
         let admin = tokio::spawn(crate::admin::serve(self.admin, self.registry, shutdown.clone()));
         let dns = self.dns.map(|d| tokio::spawn(d.serve(shutdown.clone())));
+        let ssh = self.ssh.map(|s| tokio::spawn(s.serve(shutdown.clone())));
         let reloader = tokio::spawn(async move {
             while reload.changed().await.is_ok() {
                 let next = reload.borrow_and_update().clone();
@@ -131,6 +154,9 @@ impl Edge {
         let _ = admin.await;
         if let Some(dns) = dns {
             let _ = dns.await;
+        }
+        if let Some(ssh) = ssh {
+            let _ = ssh.await;
         }
         reloader.abort();
         tracing::info!(version = self.table.load().version(), "edge stopped");

@@ -35,6 +35,9 @@ struct FileConfig {
     /// No section: no DNS listener.
     #[serde(default)]
     dns: Option<dnsd::DnsConfig>,
+    /// No section: no SSH listener.
+    #[serde(default)]
+    ssh: Option<crate::ssh::SshConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,6 +268,8 @@ pub struct Config {
     pub log_level: String,
     /// The internal DNS server, when the file has a `[dns]` section.
     pub dns: Option<dnsd::Settings>,
+    /// The SFTP/SSH forwarder, when the file has an `[ssh]` section.
+    pub ssh: Option<crate::ssh::Settings>,
 }
 
 impl Config {
@@ -311,6 +316,7 @@ impl Config {
         }
         let seed = file.store.seed.filter(|p| !p.as_os_str().is_empty());
         let dns = file.dns.map(|d| d.validate()).transpose().map_err(|(key, reason)| invalid(key, reason))?;
+        let ssh = file.ssh.map(|s| s.validate()).transpose().map_err(|(key, reason)| invalid(key, reason))?;
         Ok(Config {
             path: path.into(),
             control: ControlConfig {
@@ -328,6 +334,7 @@ impl Config {
             admin_listen: file.admin.listen,
             log_level: file.log.level,
             dns,
+            ssh,
         })
     }
 }

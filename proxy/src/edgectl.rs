@@ -42,6 +42,8 @@ enum Command {
     /// The internal DNS zone.
     #[command(subcommand)]
     Dns(DnsCmd),
+    /// Live SSH sessions (all, or one user's) and the backend each is on.
+    Sessions { user: Option<String> },
     /// Apply a transaction file (JSON: {"ops": [...]}).
     Apply {
         file: PathBuf,
@@ -127,6 +129,10 @@ enum MemberCmd {
         databases_to: Option<String>,
         #[arg(long)]
         dry_run: bool,
+        /// Then close the member's SSH sessions still on the old backend, so
+        /// clients reconnect to the new one.
+        #[arg(long)]
+        kick: bool,
     },
 }
 
@@ -170,6 +176,9 @@ enum BackendCmd {
         to: String,
         #[arg(long)]
         dry_run: bool,
+        /// Then close the moved users' SSH sessions on this backend.
+        #[arg(long)]
+        kick: bool,
     },
 }
 
@@ -209,6 +218,7 @@ enum Style {
     Entities,
     History,
     Entry,
+    Sessions,
     Raw,
 }
 
@@ -247,21 +257,28 @@ async fn call(client: &Client, config: &Path, command: Command) -> Result<(Answe
             let body = json!({ "to": to, "from": from, "dry_run": dry_run });
             (client.post(&format!("/v1/sites/{}/move", enc(&name)), &body).await.map_err(e)?, Style::Changes)
         }
-        Command::Member(MemberCmd::Move { name, to, databases_to, dry_run }) => {
-            let body = json!({ "to": to, "databases_to": databases_to, "dry_run": dry_run });
+        Command::Member(MemberCmd::Move { name, to, databases_to, dry_run, kick }) => {
+            let body = json!({ "to": to, "databases_to": databases_to, "dry_run": dry_run, "kick": kick });
             (client.post(&format!("/v1/members/{}/move", enc(&name)), &body).await.map_err(e)?, Style::Changes)
         }
         Command::Backend(BackendCmd::Add { name, addresses, dry_run }) => {
             let body = json!({ "ops": [{ "op": "add", "entity": { "kind": "backend", "name": name, "addresses": addresses } }] });
             (client.post(txn(dry_run), &body).await.map_err(e)?, Style::Changes)
         }
+        Command::Sessions { user } => {
+            let path = match user {
+                Some(u) => format!("/v1/sessions?user={}", enc(&u)),
+                None => "/v1/sessions".to_string(),
+            };
+            (client.get(&path).await.map_err(e)?, Style::Sessions)
+        }
         Command::Backend(BackendCmd::List) => (client.get("/v1/table/backends").await.map_err(e)?, Style::Entities),
         Command::Backend(BackendCmd::State { name, state }) => {
             let body = json!({ "ops": [{ "op": "set_backend_state", "backend": name, "state": state }] });
             (client.post("/v1/transactions", &body).await.map_err(e)?, Style::Changes)
         }
-        Command::Backend(BackendCmd::Evacuate { name, to, dry_run }) => {
-            let body = json!({ "to": to, "dry_run": dry_run });
+        Command::Backend(BackendCmd::Evacuate { name, to, dry_run, kick }) => {
+            let body = json!({ "to": to, "dry_run": dry_run, "kick": kick });
             (client.post(&format!("/v1/backends/{}/evacuate", enc(&name)), &body).await.map_err(e)?, Style::Changes)
         }
         Command::Dns(DnsCmd::Import { file, zone, keep_ttl, dry_run }) => {
@@ -369,6 +386,7 @@ fn render(style: Style, body: &Value) -> String {
             format!("imported: {summary}\n{}\n", changes.lines().next().unwrap_or_default())
         }
         Style::Changes => render_changes(body),
+        Style::Sessions => render_sessions(body),
         Style::Entity => format!("version {}\n{}\n", body["version"], pretty(&body["entity"])),
         Style::Entities => render_entities(body),
         Style::History => render_history(body),
@@ -409,6 +427,29 @@ fn render_stale(stale: &Value) -> String {
     )
 }
 
+fn render_sessions(b: &Value) -> String {
+    let sessions = b["sessions"].as_array().cloned().unwrap_or_default();
+    if sessions.is_empty() {
+        return "no live sessions\n".into();
+    }
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut out = String::from("ID    PROTO  USER                 BACKEND          CLIENT                  AGE\n");
+    for s in &sessions {
+        let age = now_ms.saturating_sub(s["started_ms"].as_u64().unwrap_or(now_ms)) / 1000;
+        let _ = writeln!(
+            out,
+            "{:<5} {:<6} {:<20} {:<16} {:<23} {}s",
+            s["id"],
+            s["protocol"].as_str().unwrap_or("?"),
+            s["user"].as_str().unwrap_or("?"),
+            s["backend"].as_str().unwrap_or("?"),
+            s["client"].as_str().unwrap_or("?"),
+            age
+        );
+    }
+    out
+}
+
 fn render_changes(b: &Value) -> String {
     let changes = b["changes"].as_array().cloned().unwrap_or_default();
     let mut out = String::new();
@@ -423,6 +464,9 @@ fn render_changes(b: &Value) -> String {
         let _ = writeln!(out, "no change: the table stays at version {v}");
     } else if let Some(v) = b["version"].as_u64() {
         let _ = writeln!(out, "version {v}: {} change(s)", changes.len());
+        if let Some(k) = b["kicked"].as_u64() {
+            let _ = writeln!(out, "kicked {k} session(s) still on the old backend");
+        }
     } else if let (Some(from), Some(to)) = (b["from"].as_u64(), b["to"].as_u64()) {
         let _ = writeln!(out, "from version {from} to {to}: {} change(s)", changes.len());
     }

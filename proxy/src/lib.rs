@@ -7,6 +7,8 @@
 //!   client, used by `edgectl`.
 //! - [`admin`]: Prometheus `/metrics`.
 //! - [`config`]: `edge.toml`, checked into [`config::Config`].
+//! - [`ssh`]: the SFTP/SSH forwarder; [`sessions`]: live sessions by user
+//!   (`edgectl sessions`, `--kick`).
 //!
 //! Later services (HTTP proxy, mail and SFTP forwarders, dnsd) plug into
 //! [`app::Edge`] and read the same table.
@@ -16,7 +18,9 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod edgectl;
+pub mod sessions;
 pub mod signals;
+pub mod ssh;
 
 pub use app::Edge;
 pub use config::Config;

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::Peer;
+use crate::sessions::Sessions;
+use std::sync::Arc;
 
 /// Most history entries one request returns.
 pub const MAX_HISTORY: usize = 1000;
@@ -21,6 +23,7 @@ pub const MAX_HISTORY: usize = 1000;
 /// The control API over one table.
 pub struct Api {
     table: Table,
+    sessions: Arc<Sessions>,
 }
 
 /// An error reply.
@@ -106,6 +109,9 @@ struct MoveBody {
     comment: Option<String>,
     #[serde(default)]
     dry_run: bool,
+    /// After the move, close the moved users' sessions still on another backend.
+    #[serde(default)]
+    kick: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,8 +123,8 @@ struct RollbackBody {
 }
 
 impl Api {
-    pub fn new(table: Table) -> Self {
-        Self { table }
+    pub fn new(table: Table, sessions: Arc<Sessions>) -> Self {
+        Self { table, sessions }
     }
 
     /// Answers one request. Never panics on input; always JSON.
@@ -150,16 +156,20 @@ impl Api {
             (Method::GET, ["v1", "lookup"]) => self.lookup(&query),
             (Method::POST, ["v1", "transactions"]) => {
                 let txn = read_json(req, max_body).await?;
-                self.commit(txn, who, flag(&query, "dry_run")).await
+                self.commit(txn, who, flag(&query, "dry_run"), flag(&query, "kick")).await
             }
             (Method::POST, ["v1", "transactions", "dry-run"]) => {
-                self.commit(read_json(req, max_body).await?, who, true).await
+                self.commit(read_json(req, max_body).await?, who, true, false).await
+            }
+            (Method::GET, ["v1", "sessions"]) => {
+                let sessions = self.sessions.list(query.get("user").map(String::as_str));
+                Ok(json!({ "sessions": sessions }))
             }
             (Method::POST, ["v1", kind @ ("sites" | "members" | "backends"), name, action @ ("move" | "evacuate")]) => {
                 let body: MoveBody = read_json(req, max_body).await?;
                 let op = move_op(kind, action, name, &body)?;
                 let txn = Transaction { if_version: body.if_version, comment: body.comment, ops: vec![op] };
-                self.commit(txn, who, body.dry_run).await
+                self.commit(txn, who, body.dry_run, body.kick).await
             }
             (Method::GET, ["v1", "history"]) => self.history(&query).await,
             (Method::GET, ["v1", "history", version]) => {
@@ -172,7 +182,7 @@ impl Api {
                 let done = self.table.rollback(body.to, body.if_version, who).await?;
                 Ok(json!({ "version": done.version, "changes": done.changes }))
             }
-            (_, ["v1", "status" | "table" | "lookup" | "history" | "diff"])
+            (_, ["v1", "status" | "table" | "lookup" | "history" | "diff" | "sessions"])
             | (_, ["v1", "table" | "history", ..])
             | (_, ["v1", "transactions" | "rollback", ..]) => {
                 Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method())))
@@ -253,13 +263,35 @@ impl Api {
         Err(ApiError::bad("give one of host, mail_user, recipient, sftp_user, database"))
     }
 
-    async fn commit(&self, txn: Transaction, who: Who, dry_run: bool) -> Reply {
+    async fn commit(&self, txn: Transaction, who: Who, dry_run: bool, kick: bool) -> Reply {
         if dry_run {
             let d = self.table.dry_run(&txn)?;
             return Ok(json!({ "dry_run": true, "version": d.version, "changes": d.changes }));
         }
         let done = self.table.apply(txn, who).await?;
-        Ok(json!({ "version": done.version, "changes": done.changes }))
+        if !kick {
+            return Ok(json!({ "version": done.version, "changes": done.changes }));
+        }
+        let kicked = self.kick_moved(&done.changes);
+        Ok(json!({ "version": done.version, "changes": done.changes, "kicked": kicked }))
+    }
+
+    /// Closes the sessions of users whose login this change set moved (or
+    /// removed) that are still on another backend; returns how many.
+    fn kick_moved(&self, changes: &[routing_table::Change]) -> usize {
+        let mut kicked = 0;
+        for c in changes.iter().filter(|c| c.kind == Kind::SftpLogin) {
+            let keep = match &c.after {
+                Some(routing_table::Entity::SftpLogin(l)) => Some(l.backend.to_string()),
+                _ => None,
+            };
+            let n = self.sessions.kick("ssh", &c.name, keep.as_deref());
+            if n > 0 {
+                tracing::info!(user = %c.name, to = ?keep, sessions = n, "kicked SSH sessions after a move");
+            }
+            kicked += n;
+        }
+        kicked
     }
 
     async fn history(&self, query: &HashMap<String, String>) -> Reply {
