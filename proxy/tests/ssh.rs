@@ -149,6 +149,17 @@ async fn logins_are_routed_by_user_and_authenticated_by_the_backend() {
         "b1 saw a certificate login:\n{}",
         w.backends[0].log_text()
     );
+    // Environment variables sent by the client (OpenSSH's SendEnv, which the
+    // backend refuses without AcceptEnv) do not disturb the exec after them.
+    let out = Command::new("sshpass")
+        .args(["-p", PASSWORD, "ssh"])
+        .args(password_opts())
+        .args(["-o", "SendEnv=LANG LC_*", "-p", &w.port(), &format!("{USER}@127.0.0.1"), "echo $BACKEND"])
+        .env("LANG", "C.UTF-8")
+        .env("LC_TIME", "C")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "b1", "{}", text(&out));
     // Exit status and stderr come back.
     let out = w.ssh_password(USER, PASSWORD, "echo oops >&2; exit 3");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));

@@ -7,7 +7,8 @@
 //! back that SSH connection's reader: TCP backpressure, never an unbounded
 //! buffer. Requests (exec, subsystem, pty, env, signal, window change) pass
 //! upstream in order; the backend's replies, exit status and signals come
-//! back the same way.
+//! back the same way. pty-req, shell, exec and subsystem go up asking for a
+//! reply, which is relayed back (russh drops it if the client had not asked).
 
 use russh::server::Handle as ServerHandle;
 use russh::{client, server, Channel, ChannelMsg, ChannelWriteHalf};
@@ -87,8 +88,13 @@ async fn forward_up(msg: ChannelMsg, to: &ChannelWriteHalf<client::Msg>) -> Resu
         ChannelMsg::RequestShell { want_reply } => to.request_shell(want_reply).await,
         ChannelMsg::Exec { want_reply, command } => to.exec(want_reply, command).await,
         ChannelMsg::RequestSubsystem { want_reply, name } => to.request_subsystem(want_reply, name).await,
-        ChannelMsg::SetEnv { want_reply, variable_name, variable_value } => {
-            to.set_env(want_reply, variable_name, variable_value).await
+        // russh reports every request as wanting a reply, and answers only
+        // the latest one that did. Clients send env without asking for a
+        // reply (OpenSSH's SendEnv): a backend's refusal relayed here would
+        // be read as the answer to the exec that follows. So env goes up
+        // without asking; window-change and signal never get replies.
+        ChannelMsg::SetEnv { variable_name, variable_value, .. } => {
+            to.set_env(false, variable_name, variable_value).await
         }
         ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
             to.window_change(col_width, row_height, pix_width, pix_height).await
