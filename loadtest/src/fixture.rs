@@ -1,6 +1,6 @@
 //! The routes the load test owns: backends `lt-b<i>` (each with its own
 //! loopback address, so an answer names its backend), and members `lt-m<i>`,
-//! each with a database and a site. All names start with `lt-`/`lt_`, so a
+//! each with a database, a site and an SFTP/SSH login `lt-u<i>`. All names start with `lt-`/`lt_`, so a
 //! run against a live edge touches nothing else.
 
 use std::net::Ipv4Addr;
@@ -41,6 +41,21 @@ impl Fixture {
         format!("lt-m{i}-site")
     }
 
+    pub fn sftp_user(&self, i: usize) -> String {
+        format!("lt-u{i}")
+    }
+
+    /// Whether a ledger route is a database (the others are SSH logins).
+    pub fn is_database(&self, route: &str) -> bool {
+        route.starts_with("lt_m") && route.ends_with("_db")
+    }
+
+    /// The backend an identity backend's name (`lt-b<i>`) is.
+    pub fn backend_index(&self, name: &str) -> Option<usize> {
+        let i: usize = name.strip_prefix("lt-b")?.parse().ok()?;
+        (i < self.backends).then_some(i)
+    }
+
     /// Member `i` starts on backend `i % backends`.
     pub fn initial_backend(&self, member: usize) -> usize {
         member % self.backends
@@ -60,6 +75,8 @@ impl Fixture {
                 "member": self.member(m), "server": b}}));
             ops.push(json!({"op": "put", "entity": {"kind": "site", "name": self.site(m), "member": self.member(m),
                 "hosts": [format!("m{m}.lt.test")], "backends": [{"backend": b}]}}));
+            ops.push(json!({"op": "put", "entity": {"kind": "sftp_login", "user": self.sftp_user(m),
+                "member": self.member(m), "backend": b}}));
         }
         json!({"comment": "loadtest fixture", "ops": ops})
     }
@@ -80,5 +97,9 @@ mod tests {
         let txn: routing_table::Transaction = serde_json::from_value(f.transaction()).unwrap();
         let applied = routing_table::transaction::apply(&routing_table::Snapshot::empty(), &txn).unwrap();
         assert_eq!(applied.snapshot.counts().databases, 3);
+        assert_eq!(applied.snapshot.counts().sftp_logins, 3);
+        assert_eq!(f.backend_index("lt-b7"), Some(7));
+        assert_eq!(f.backend_index("lt-b8"), None);
+        assert!(f.is_database(&f.database(2)) && !f.is_database(&f.sftp_user(2)));
     }
 }

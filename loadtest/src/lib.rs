@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod moves;
 pub mod report;
 pub mod rng;
+pub mod ssh;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,6 +53,10 @@ pub struct Options {
     /// Send DNS queries here instead of the target edge's dnsd (a standalone
     /// `dnsd` following its store, say).
     pub dns: Option<std::net::SocketAddr>,
+    /// SSH logins per second, in all (0: no SSH load).
+    pub ssh_rate: u32,
+    /// SSH logins in flight at most.
+    pub ssh_concurrency: usize,
 }
 
 impl Default for Options {
@@ -67,6 +72,8 @@ impl Default for Options {
             seed: 1,
             progress: true,
             dns: None,
+            ssh_rate: 40,
+            ssh_concurrency: 8,
         }
     }
 }
@@ -77,6 +84,9 @@ pub struct Live {
     pub dns_requests: AtomicU64,
     pub dns_failed: AtomicU64,
     pub dns_misrouted: AtomicU64,
+    pub ssh_requests: AtomicU64,
+    pub ssh_failed: AtomicU64,
+    pub ssh_misrouted: AtomicU64,
     pub moves: AtomicU64,
 }
 
@@ -97,6 +107,8 @@ struct Target {
     client: Client,
     dns: Option<std::net::SocketAddr>,
     zone: String,
+    /// The SSH forwarder's address and the port it reaches backends on.
+    ssh: Option<(std::net::SocketAddr, u16)>,
     /// Set when the edge runs in this process: how to stop it.
     own: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>, tempfile::TempDir)>,
 }
@@ -106,23 +118,29 @@ async fn target(opts: &Options) -> anyhow::Result<Target> {
         let config = Config::load(path)?;
         let dns = config.dns.as_ref().and_then(|d| dns::pick(&d.listen));
         let zone = config.dns.as_ref().map_or("mayfirst.local".into(), |d| zone_name(&d.zone.origin));
+        let ssh = config.ssh.as_ref().and_then(|s| Some((*s.listen.first()?, s.upstream_port)));
         return Ok(Target {
             description: format!("edge at {}", config.control.socket.display()),
             client: Client::new(&config.control.socket),
             dns,
             zone,
+            ssh,
             own: None,
         });
     }
+    let upstream = identity_port(opts.backends)?;
     let dir = tempfile::tempdir()?;
     let d = dir.path().display();
     let text = format!(
         "[edge]\ndata_dir = \"{d}/var\"\n[store]\nseed = \"\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n\
-         [dns]\nlisten = [\"127.0.0.1:0\"]\nudp_sockets = 1\n"
+         [dns]\nlisten = [\"127.0.0.1:0\"]\nudp_sockets = 1\n\
+         [ssh]\nlisten = [\"127.0.0.1:0\"]\nupstream_port = {upstream}\nmax_connections_per_ip = 10000\n\
+         max_failed_logins_per_ip_per_minute = 1000000\n"
     );
     let config = Config::parse(&dir.path().join("edge.toml"), &text)?;
     let edge = Edge::start(&config).await.context("starting the edge under test")?;
     let dns = dns::pick(edge.dns_addrs());
+    let ssh = edge.ssh_addrs().first().map(|a| (*a, upstream));
     let client = Client::new(edge.control_path());
     let (stop, shutdown) = watch::channel(false);
     let (_reload_tx, reload) = watch::channel(None);
@@ -135,8 +153,23 @@ async fn target(opts: &Options) -> anyhow::Result<Target> {
         client,
         dns,
         zone: "mayfirst.local".into(),
+        ssh,
         own: Some((stop, task, dir)),
     })
+}
+
+/// A port free on every fixture backend address, for the identity SSH
+/// backends (the edge reaches them all on one `upstream_port`).
+fn identity_port(backends: usize) -> anyhow::Result<u16> {
+    let f = Fixture { backends, members: 1 };
+    for _ in 0..100 {
+        let probe = std::net::TcpListener::bind((f.address(0), 0))?;
+        let port = probe.local_addr()?.port();
+        if (1..backends).all(|b| std::net::TcpListener::bind((f.address(b), port)).is_ok()) {
+            return Ok(port);
+        }
+    }
+    bail!("no port free on every 127.0.100.N address")
 }
 
 fn zone_name(origin: &hickory_proto::rr::Name) -> String {
@@ -161,7 +194,13 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut ledger = Ledger::new();
     for m in 0..fixture.members {
         ledger.add(&fixture.database(m), fixture.initial_backend(m));
+        ledger.add(&fixture.sftp_user(m), fixture.initial_backend(m));
     }
+    // The identity SSH backends, where the edge sends the logins.
+    let ssh = match target.ssh.filter(|_| opts.ssh_rate > 0) {
+        Some((edge, port)) => Some((edge, ssh::Identity::start(&fixture, port).await?)),
+        None => None,
+    };
     let live = Arc::new(Live::default());
     let shared = Shared {
         fixture: fixture.clone(),
@@ -179,6 +218,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             rate: opts.dns_rate,
             concurrency: opts.dns_concurrency.max(1),
         };
+        tokio::spawn(load.run(shared.clone()))
+    });
+    let ssh_task = ssh.as_ref().map(|(edge, _)| {
+        let load = ssh::SshLoad { edge: *edge, rate: opts.ssh_rate, concurrency: opts.ssh_concurrency.max(1) };
         tokio::spawn(load.run(shared.clone()))
     });
     let mover = moves::Mover {
@@ -216,6 +259,27 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 .insert("dns".into(), ProtoReport::Absent { reason: "the target edge has no [dns] section".into() });
         }
     }
+    let ssh_absent = match (&target.ssh, opts.ssh_rate) {
+        (None, _) => "the target edge has no [ssh] section",
+        (Some(_), 0) => "--ssh-rate 0",
+        _ => "",
+    };
+    match ssh_task {
+        Some(task) => {
+            let s = task.await.context("ssh task")?;
+            protocols.insert(
+                "ssh".into(),
+                ProtoReport::Measured {
+                    requests: s.requests,
+                    failed: s.failed,
+                    misrouted: s.misrouted,
+                    latency: Percentiles::of(&s.latency),
+                },
+            );
+        }
+        None => drop(protocols.insert("ssh".into(), ProtoReport::Absent { reason: ssh_absent.into() })),
+    }
+    drop(ssh);
     if let Some(p) = progress {
         p.abort();
         eprintln!();
@@ -234,12 +298,15 @@ async fn progress_line(live: Arc<Live>, started: Instant, total: Duration) {
         tick.tick().await;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         eprint!(
-            "\r[{:>4.0}/{:.0} s] dns {} ({} failed, {} misrouted)  moves {}   ",
+            "\r[{:>4.0}/{:.0} s] dns {} ({} failed, {} misrouted)  ssh {} ({} failed, {} misrouted)  moves {}   ",
             started.elapsed().as_secs_f64(),
             total.as_secs_f64(),
             l(&live.dns_requests),
             l(&live.dns_failed),
             l(&live.dns_misrouted),
+            l(&live.ssh_requests),
+            l(&live.ssh_failed),
+            l(&live.ssh_misrouted),
             l(&live.moves)
         );
     }

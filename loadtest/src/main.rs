@@ -20,6 +20,12 @@ struct Cli {
     /// DNS queries in flight at most.
     #[arg(long, default_value_t = 32)]
     dns_concurrency: usize,
+    /// SSH logins per second through the edge's SSH forwarder (0: none).
+    #[arg(long, default_value_t = 40)]
+    ssh_rate: u32,
+    /// SSH logins in flight at most.
+    #[arg(long, default_value_t = 8)]
+    ssh_concurrency: usize,
     /// Moves per second (site moves, member moves, evacuations).
     #[arg(long, default_value_t = 15.0)]
     move_rate: f64,
@@ -61,6 +67,8 @@ async fn main() -> std::process::ExitCode {
         seed: cli.seed,
         progress: !cli.quiet,
         dns: cli.dns,
+        ssh_rate: cli.ssh_rate,
+        ssh_concurrency: cli.ssh_concurrency,
     };
     let report = match loadtest::run(opts).await {
         Ok(r) => r,

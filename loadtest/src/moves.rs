@@ -1,8 +1,8 @@
 //! Moves during the load, through the control socket as an admin makes
 //! them: site moves, member moves (every route of the member), backend
-//! evacuations. Each database move is entered in the ledger when sent and
-//! marked when acknowledged; the answer's change list is checked against
-//! what the ledger expected.
+//! evacuations. Each database and SSH login move is entered in the ledger
+//! when sent and marked when acknowledged; the answer's change list is
+//! checked against what the ledger expected.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -65,7 +65,8 @@ impl Mover {
                     if let Some((socket, zone)) = &probe {
                         // Probes go one after another: only the first of a
                         // move is timed from the ack; every one is judged.
-                        for (i, db) in moved.iter().enumerate() {
+                        let dbs = moved.iter().filter(|r| fixture.is_database(r));
+                        for (i, db) in dbs.enumerate() {
                             let p = probe_one(socket, zone, db, acked, &fixture, &ledger, &mut rng).await;
                             report.probes += 1;
                             match p {
@@ -112,14 +113,19 @@ impl Mover {
             }
             Kind::Member => {
                 let m = rng.below(f.members);
-                let db = f.database(m);
+                let (db, user) = (f.database(m), f.sftp_user(m));
                 let result = async {
                     let current = lock()?.current(&db).ok_or("unknown database")?;
                     let to = other(rng, f.backends, current);
-                    let index = lock()?.sent(&db, to, sent).ok_or("unknown database")?;
+                    let moved = {
+                        let mut l = lock()?;
+                        let db_index = l.sent(&db, to, sent).ok_or("unknown database")?;
+                        let user_index = l.sent(&user, to, sent).ok_or("unknown sftp login")?;
+                        [(db.clone(), db_index, to), (user.clone(), user_index, to)]
+                    };
                     let answer =
                         self.post(&format!("/v1/members/{}/move", f.member(m)), json!({ "to": f.backend(to) })).await;
-                    settle(lock()?, f, &[(db.clone(), index, to)], answer)
+                    settle(lock()?, f, &moved, answer)
                 }
                 .await;
                 ("member".into(), result)
@@ -161,7 +167,7 @@ fn other(rng: &mut Rng, backends: usize, not: usize) -> usize {
 }
 
 /// Marks the ledger's moves acknowledged if the edge's change list moved
-/// exactly those databases there; otherwise withdraws them.
+/// exactly those databases and SSH logins there; otherwise withdraws them.
 fn settle(
     mut ledger: std::sync::MutexGuard<'_, Ledger>,
     f: &Fixture,
@@ -178,12 +184,19 @@ fn settle(
             return Err(e);
         }
     };
+    // Where each moved database (its server) and SSH login (its backend) went.
     let servers: BTreeMap<String, String> = body["changes"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|c| c["kind"] == "database")
-        .filter_map(|c| Some((c["name"].as_str()?.to_string(), c["after"]["server"].as_str()?.to_string())))
+        .filter_map(|c| {
+            let to = match c["kind"].as_str()? {
+                "database" => c["after"]["server"].as_str()?,
+                "sftp_login" => c["after"]["backend"].as_str()?,
+                _ => return None,
+            };
+            Some((c["name"].as_str()?.to_string(), to.to_string()))
+        })
         .collect();
     let expected: BTreeMap<String, String> = moved.iter().map(|(db, _, to)| (db.clone(), f.backend(*to))).collect();
     for (db, index, _) in moved {
