@@ -127,3 +127,20 @@ pub fn dns_query(data: &[u8]) {
         rest = &rest[2 + len..];
     }
 }
+
+/// Raw client bytes to the SSH forwarder before any login (version line,
+/// key exchange, whatever follows), through russh's server and our handler,
+/// then EOF: the server must close within a second (no hang) and write a
+/// bounded amount (no amplification, no unbounded buffering).
+pub fn ssh_preauth(data: &[u8]) {
+    static HARNESS: OnceLock<(tokio::runtime::Runtime, proxy::ssh::Harness)> = OnceLock::new();
+    let (runtime, harness) = HARNESS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let dir = std::env::temp_dir().join(format!("edge-fuzz-ssh-{}", std::process::id()));
+        let harness = proxy::ssh::Harness::new(&dir).expect("ssh keys");
+        (runtime, harness)
+    });
+    let written = runtime.block_on(harness.feed(data));
+    assert_ne!(written, usize::MAX, "the server did not close within 1 s of EOF");
+    assert!(written <= 64 * 1024 + 4 * data.len(), "the server wrote {written} bytes for {} in", data.len());
+}

@@ -28,3 +28,8 @@ fn names_corpus() {
 fn dns_query_corpus() {
     replay("dns_query", edge_fuzz::dns_query);
 }
+
+#[test]
+fn ssh_preauth_corpus() {
+    replay("ssh_preauth", edge_fuzz::ssh_preauth);
+}

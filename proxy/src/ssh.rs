@@ -228,6 +228,7 @@ impl Ssh {
                     tokio::select! {
                         accepted = listener.accept() => match accepted {
                             Ok((stream, peer)) => {
+                                let _ = stream.set_nodelay(true);
                                 tokio::spawn(session::serve_connection(shared.clone(), stream, peer));
                             }
                             Err(e) => {
@@ -241,5 +242,63 @@ impl Ssh {
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Feeds raw client bytes to the SSH server as one connection would, with
+/// the real handler and an empty table: the `ssh_preauth` fuzz target.
+pub struct Harness {
+    shared: Arc<Shared>,
+}
+
+impl Harness {
+    /// Keys are made (once) under `dir`.
+    pub fn new(dir: &Path) -> Result<Harness, BindError> {
+        let settings = serde_json::from_str::<SshConfig>("{}")
+            .map_err(|e| BindError::Keys { dir: dir.into(), reason: e.to_string() })?
+            .validate()
+            .map_err(|(k, r)| BindError::Keys { dir: dir.into(), reason: format!("{k}: {r}") })?;
+        let keys_err = |reason: String| BindError::Keys { dir: dir.into(), reason };
+        let keys = keys::EdgeKeys::load_or_create(dir).map_err(keys_err)?;
+        let known = known_hosts::KnownHosts::open(&dir.join("known_hosts"), false).map_err(keys_err)?;
+        let store = Box::new(routing_table::MemoryStore::new());
+        let metrics = routing_table::TableMetrics::unregistered().map_err(|e| keys_err(e.to_string()))?;
+        let table = Table::open(store, metrics).map_err(|e| keys_err(e.to_string()))?;
+        let server = Arc::new(session::server_config(&settings, &keys));
+        let client = Arc::new(upstream::client_config(&settings));
+        let limits = limits::Limits::new(1_000_000, 1_000_000);
+        let metrics = SshMetrics::unregistered().map_err(|e| keys_err(e.to_string()))?;
+        let shared = Shared { settings, server, client, table, keys, known, limits, sessions: Sessions::new(), metrics };
+        Ok(Harness { shared: Arc::new(shared) })
+    }
+
+    /// Sends `input` then EOF, and returns how many bytes the server wrote
+    /// before it closed (or 1 s passed).
+    pub async fn feed(&self, input: &[u8]) -> usize {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (mut from_server, mut to_server) = tokio::io::split(client);
+        let peer = SocketAddr::from(([192, 0, 2, 1], 40000));
+        let task = tokio::spawn(session::serve_connection(self.shared.clone(), server, peer));
+        let input = input.to_vec();
+        let writer = tokio::spawn(async move {
+            let _ = to_server.write_all(&input).await;
+            let _ = to_server.shutdown().await;
+        });
+        let talk = async {
+            let mut n = 0;
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(k) = from_server.read(&mut buf).await {
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            n
+        };
+        let n = tokio::time::timeout(Duration::from_secs(1), talk).await.unwrap_or(usize::MAX);
+        task.abort();
+        writer.abort();
+        n
     }
 }

@@ -38,8 +38,11 @@ pub fn server_config(settings: &Settings, keys: &super::keys::EdgeKeys) -> serve
     }
 }
 
-/// Serves one accepted TCP connection to its end.
-pub async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection to its end.
+pub async fn serve_connection<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let Some(_slot) = shared.limits.connect(peer.ip()) else {
         shared.metrics.connections.with_label_values(&["refused_limit"]).inc();
         tracing::warn!(client = %peer, "ssh: too many connections from this address; closed");
@@ -48,7 +51,6 @@ pub async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream
     shared.metrics.connections.with_label_values(&["accepted"]).inc();
     shared.metrics.open.inc();
     let _open = scopeguard(shared.metrics.open.clone());
-    let _ = stream.set_nodelay(true);
     let logged_in = Arc::new(AtomicBool::new(false));
     let handler = EdgeSession {
         shared: shared.clone(),
