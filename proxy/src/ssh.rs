@@ -268,7 +268,8 @@ impl Harness {
         let client = Arc::new(upstream::client_config(&settings));
         let limits = limits::Limits::new(1_000_000, 1_000_000);
         let metrics = SshMetrics::unregistered().map_err(|e| keys_err(e.to_string()))?;
-        let shared = Shared { settings, server, client, table, keys, known, limits, sessions: Sessions::new(), metrics };
+        let shared =
+            Shared { settings, server, client, table, keys, known, limits, sessions: Sessions::new(), metrics };
         Ok(Harness { shared: Arc::new(shared) })
     }
 

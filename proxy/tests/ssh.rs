@@ -277,3 +277,68 @@ async fn a_move_with_kick_sends_the_next_login_to_the_new_backend() {
     let none = w.edgectl(&["sessions", USER]);
     assert!(none.contains("no live sessions"), "{none}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_channels_share_one_connection_and_forwarding_is_per_user() {
+    let w = World::start().await;
+    // One connection (OpenSSH ControlMaster), several sessions on it at once.
+    let sock = w.dir.path().join("master.sock");
+    let mut master = Command::new("sshpass")
+        .args(["-p", PASSWORD, "ssh"])
+        .args(password_opts())
+        .args(["-M", "-S"])
+        .arg(&sock)
+        .args(["-N", "-p", &w.port(), &format!("{USER}@127.0.0.1")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the master connection did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = |cmd: &str| {
+        Command::new("ssh")
+            .args(client_opts())
+            .arg("-S")
+            .arg(&sock)
+            .args(["-p", &w.port(), &format!("{USER}@127.0.0.1"), cmd])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children: Vec<_> = (0..3).map(|i| run(&format!("sleep 1; echo $BACKEND {i}"))).collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("b1 {i}"), "{}", text(&out));
+    }
+    let listed = w.client.get(&format!("/v1/sessions?user={USER}")).await.unwrap();
+    assert_eq!(listed.body["sessions"].as_array().map(Vec::len), Some(1), "one connection: {:?}", listed.body);
+    let _ = master.kill();
+    let _ = master.wait();
+
+    // Direct TCP forwarding (ssh -W) is refused by default...
+    let target = format!("127.0.0.21:{}", w.backends[0].port);
+    let forward = || {
+        Command::new("sshpass")
+            .args(["-p", PASSWORD, "ssh"])
+            .args(password_opts())
+            .args(["-W", &target, "-p", &w.port(), &format!("{USER}@127.0.0.1")])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = forward();
+    let t = text(&out);
+    assert!(!out.status.success() && (t.contains("forwarding failed") || t.contains("prohibited")), "{t}");
+    // ...and allowed for a login with port_forwarding = true: through the
+    // tunnel, the backend's sshd greets us.
+    let public = std::fs::read_to_string(w.key.with_extension("pub")).unwrap();
+    let txn = json!({"ops": [{"op": "put", "entity": {"kind": "sftp_login", "user": USER, "member": "m",
+        "backend": "b1", "authorized_keys": [public.trim()], "port_forwarding": true}}]});
+    assert_eq!(w.client.post("/v1/transactions", &txn).await.unwrap().status, 200);
+    let out = forward();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("SSH-2.0-OpenSSH"), "{}", text(&out));
+}
