@@ -29,6 +29,14 @@ struct World {
 
 impl World {
     async fn start() -> World {
+        Self::start_with(
+            "login_grace_secs = 20\nmax_connections_per_ip = 200\nmax_failed_logins_per_ip_per_minute = 50\n",
+        )
+        .await
+    }
+
+    /// With these `[ssh]` limits.
+    async fn start_with(limits: &str) -> World {
         ensure_user();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
@@ -40,8 +48,7 @@ impl World {
             format!(
                 "[edge]\ndata_dir = \"{d}/var\"\n[store]\nseed = \"\"\n[control]\nsocket = \"{d}/var/control.sock\"\n\
                  [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n\
-                 [ssh]\nlisten = [\"127.0.0.1:{ssh_port}\"]\nupstream_port = {upstream}\nlogin_grace_secs = 20\n\
-                 max_connections_per_ip = 200\nmax_failed_logins_per_ip_per_minute = 50\n"
+                 [ssh]\nlisten = [\"127.0.0.1:{ssh_port}\"]\nupstream_port = {upstream}\n{limits}"
             ),
         )
         .unwrap();
@@ -341,4 +348,39 @@ async fn several_channels_share_one_connection_and_forwarding_is_per_user() {
     assert_eq!(w.client.post("/v1/transactions", &txn).await.unwrap().status, 200);
     let out = forward();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("SSH-2.0-OpenSSH"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_grace_connection_cap_and_failed_login_cap() {
+    let w = World::start_with(
+        "login_grace_secs = 2\nmax_connections_per_ip = 3\nmax_failed_logins_per_ip_per_minute = 3\n",
+    )
+    .await;
+    let addr = format!("127.0.0.1:{}", w.ssh_port);
+    // Connections that never log in are closed after the grace time.
+    let started = Instant::now();
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut idle, &mut buf); // the banner, then EOF
+    let held = started.elapsed();
+    assert!(buf.starts_with(b"SSH-2.0-Edge"), "{:?}", String::from_utf8_lossy(&buf));
+    assert!(held >= Duration::from_millis(1900) && held < Duration::from_secs(6), "closed after {held:?}");
+    // A fourth concurrent connection from one address is closed at once.
+    let held_open: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fourth = std::net::TcpStream::connect(&addr).unwrap();
+    fourth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut fourth, &mut got);
+    assert!(got.is_empty(), "the fourth connection got {:?}", String::from_utf8_lossy(&got));
+    drop(held_open);
+    std::thread::sleep(Duration::from_millis(200));
+    // After 3 failed logins in a minute, even the right password is refused.
+    for _ in 0..3 {
+        assert!(!w.ssh_password(USER, "wrong", "true").status.success());
+    }
+    let refused = w.ssh_password(USER, PASSWORD, "echo $BACKEND");
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(text(&refused).contains("Permission denied"), "{}", text(&refused));
 }
