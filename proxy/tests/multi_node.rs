@@ -464,3 +464,52 @@ async fn migrate_copies_the_embedded_store_into_etcd_and_back() {
     assert_eq!(back, etcd_table, "the same table at the same version");
     edge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_user_limited_to_the_prefix_is_enough_and_a_wrong_password_is_a_clear_error() {
+    let cluster = EtcdCluster::start(1);
+    let root = ["--user", "root:root-pw"];
+    cluster.etcdctl(&["user", "add", "root:root-pw", "--interactive=false"]);
+    cluster.etcdctl(&["role", "add", "edge"]);
+    cluster.etcdctl(&["role", "grant-permission", "edge", "--prefix=true", "readwrite", "/edge-test/"]);
+    cluster.etcdctl(&["user", "add", "edge:edge-pw", "--interactive=false"]);
+    cluster.etcdctl(&["user", "grant-role", "edge", "edge"]);
+    cluster.etcdctl(&["auth", "enable"]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let endpoint = cluster.endpoints()[0].clone();
+    let config = |name: &str, password: &str, prefix: &str| {
+        let pw = dir.path().join(format!("{name}.pw"));
+        std::fs::write(&pw, format!("{password}\n")).unwrap();
+        let text = format!(
+            "[edge]\ndata_dir = \"{d}/{name}\"\n[store]\nkind = \"etcd\"\nseed = \"{}\"\n\
+             [store.etcd]\nendpoints = [\"{endpoint}\"]\nprefix = \"{prefix}\"\nuser = \"edge\"\npassword_file = \"{}\"\n\
+             [control]\nsocket = \"{d}/{name}/control.sock\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n",
+            seed_file().display(),
+            pw.display()
+        );
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        (path, dir.path().join(format!("{name}/control.sock")))
+    };
+    // The right password, on its own prefix: it seeds and serves.
+    let (good, socket) = config("good", "edge-pw", "/edge-test/");
+    let mut edge = EdgeProcess::spawn(&good, &socket);
+    let status = edge.ready().await;
+    assert!(status.body["version"].as_u64().unwrap() > 0, "{:?}", status.body);
+    let stored = cluster.etcdctl(&[root[0], root[1], "get", "--prefix", "--keys-only", "/edge-test/e/backend/"]);
+    assert!(stored.contains("/edge-test/e/backend/mosh12"), "{stored}");
+    edge.terminate();
+    // A wrong password, or a prefix the user may not read: edge does not
+    // start, and says why.
+    for (name, password, prefix, expect) in [
+        ("badpw", "nope", "/edge-test/", "authentication failed"),
+        ("badprefix", "edge-pw", "/other/", "permission denied"),
+    ] {
+        let (path, _) = config(name, password, prefix);
+        let out = Command::new(env!("CARGO_BIN_EXE_edge")).arg("--config").arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: started");
+        assert!(err.to_lowercase().contains(expect), "{name}: {err}");
+    }
+}

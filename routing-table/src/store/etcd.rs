@@ -197,8 +197,15 @@ impl EtcdStore {
             .build()
             .map_err(|e| remote(format!("cannot start the client runtime: {e}")))?;
         let endpoints = config.endpoints.clone();
-        let client = wait(&runtime, config.timeout, async move { Client::connect(endpoints, Some(options)).await })
-            .map_err(|e| remote(format!("connect: {e}")))?;
+        let client =
+            match wait(&runtime, config.timeout, async move { Client::connect(endpoints, Some(options)).await }) {
+                Ok(client) => client,
+                Err(e) => {
+                    // Dropping a runtime inside another one (edge's) panics.
+                    runtime.shutdown_background();
+                    return Err(remote(format!("connect: {e}")));
+                }
+            };
         let kv = client.kv_client().max_decoding_message_size(MAX_DECODE);
         Ok(Self {
             runtime: Some(runtime),
