@@ -15,9 +15,10 @@ run_pkgs=(build-essential pkg-config cmake curl ca-certificates protobuf-compile
 # secondary that transfers dnsd's zone; etcd-server and etcd-client (etcdctl):
 # the 3-member cluster the multi-node tests start; openssh-server (two sshd
 # backends), openssh-client (ssh, sftp, scp, ssh-keygen) and sshpass: the SSH
-# forwarder's interop tests; passwd: useradd/chpasswd for their test user.
+# forwarder's interop tests; passwd: useradd/chpasswd for their test user;
+# openssl: certificates for the etcd TLS test.
 test_pkgs=(prometheus util-linux procps sqlite3 bind9-dnsutils knot-dnsutils knot etcd-server etcd-client
-    openssh-server openssh-client sshpass passwd)
+    openssh-server openssh-client sshpass passwd openssl)
 
 # The test script runs clippy and rustfmt; a minimal rustup profile lacks them.
 if [ "${1:-run}" = test ] && command -v rustup >/dev/null 2>&1; then
