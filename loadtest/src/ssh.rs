@@ -7,8 +7,8 @@
 //! the request (routing happens at authentication, after it).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
@@ -17,10 +17,10 @@ use russh::server::{Auth, Msg, Session};
 use russh::{client, server, Channel, ChannelId, ChannelMsg};
 
 use crate::fixture::Fixture;
-use crate::ledger::{Ledger, Verdict};
+use crate::ledger::Verdict;
 use crate::report::{record, ProtoStats};
 use crate::rng::Rng;
-use crate::{Live, Shared};
+use crate::Shared;
 
 /// The password every identity backend accepts.
 pub const PASSWORD: &str = "loadtest";
@@ -138,19 +138,15 @@ pub struct SshLoad {
 
 impl SshLoad {
     pub async fn run(self, shared: Shared) -> ProtoStats {
-        let Shared { fixture, ledger, live, stop, seed } = shared;
         let period = Duration::from_secs_f64(self.concurrency as f64 / f64::from(self.rate.max(1)));
         let config = Arc::new(client::Config { nodelay: true, ..client::Config::default() });
         let mut workers = Vec::new();
         for w in 0..self.concurrency {
-            let (fixture, ledger, live, stop, config) =
-                (fixture.clone(), ledger.clone(), live.clone(), stop.clone(), config.clone());
-            let edge = self.edge;
+            let (shared, config, edge) = (shared.clone(), config.clone(), self.edge);
+            // Spread the workers' first ticks over one period.
             let offset = period.mul_f64(w as f64 / self.concurrency as f64);
-            let mut rng = Rng::new(seed ^ 0x55aa ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            workers.push(tokio::spawn(async move {
-                worker(edge, config, offset, period, &fixture, &ledger, &live, &stop, &mut rng).await
-            }));
+            let mut rng = Rng::new(shared.seed ^ 0x55aa ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            workers.push(tokio::spawn(async move { worker(edge, config, offset, period, &shared, &mut rng).await }));
         }
         let mut stats = ProtoStats::default();
         for w in workers {
@@ -162,18 +158,16 @@ impl SshLoad {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One worker's logins at its share of the rate, until the stop flag.
 async fn worker(
     edge: SocketAddr,
     config: Arc<client::Config>,
     offset: Duration,
     period: Duration,
-    fixture: &Fixture,
-    ledger: &Mutex<Ledger>,
-    live: &Live,
-    stop: &AtomicBool,
+    shared: &Shared,
     rng: &mut Rng,
 ) -> ProtoStats {
+    let Shared { fixture, ledger, live, stop, .. } = shared;
     let mut stats = ProtoStats::default();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
