@@ -58,8 +58,9 @@ impl World {
         // The edge made its user CA on start: the backends trust it.
         let ca_pub = dir.path().join("var/ssh/user_ca.pub");
         let backends = vec![
-            Sshd::start(dir.path(), "b1", "127.0.0.21", upstream, &ca_pub),
-            Sshd::start(dir.path(), "b2", "127.0.0.22", upstream, &ca_pub),
+            Sshd::start(dir.path(), "b1", "127.0.0.21", upstream, &ca_pub, false),
+            // b2 logs passwords in through PAM and offers keyboard-interactive.
+            Sshd::start(dir.path(), "b2", "127.0.0.22", upstream, &ca_pub, true),
         ];
         let key = dir.path().join("id_ed25519");
         let keygen =
@@ -283,6 +284,22 @@ async fn a_move_with_kick_sends_the_next_login_to_the_new_backend() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "b2", "{}\n{}", text(&out), w.logs());
     let none = w.edgectl(&["sessions", USER]);
     assert!(none.contains("no live sessions"), "{none}");
+    // b2 offers keyboard-interactive (PAM): its prompts are relayed to the
+    // client, and its verdict is the client's.
+    let kbd = |password: &str| {
+        Command::new("sshpass")
+            .args(["-p", password, "ssh"])
+            .args(client_opts())
+            .args(["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=keyboard-interactive"])
+            .args(["-o", "NumberOfPasswordPrompts=1", "-p", &w.port(), &format!("{USER}@127.0.0.1"), "echo $BACKEND"])
+            .output()
+            .unwrap()
+    };
+    let out = kbd(PASSWORD);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "b2", "{}\n{}", text(&out), w.logs());
+    assert!(w.backends[1].log_text().contains("Accepted keyboard-interactive/pam for edgetest"), "{}", w.logs());
+    let out = kbd("wrong");
+    assert!(!out.status.success() && text(&out).contains("Permission denied"), "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

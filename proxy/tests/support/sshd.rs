@@ -45,8 +45,9 @@ pub struct Sshd {
 impl Sshd {
     /// Starts sshd for backend `name` on `ip:port`. It trusts the user CA
     /// in `ca_pub` and sets `BACKEND=<name>` in every session, so a command
-    /// can tell which backend ran it.
-    pub fn start(dir: &Path, name: &str, ip: &str, port: u16, ca_pub: &Path) -> Sshd {
+    /// can tell which backend ran it. With `pam`, passwords go through PAM
+    /// and keyboard-interactive logins are offered (Debian's /etc/pam.d/sshd).
+    pub fn start(dir: &Path, name: &str, ip: &str, port: u16, ca_pub: &Path, pam: bool) -> Sshd {
         let d = dir.join(name);
         let files = d.join("files");
         std::fs::create_dir_all(&files).unwrap();
@@ -66,8 +67,8 @@ impl Sshd {
         std::fs::write(
             &config,
             format!(
-                "Port {port}\nListenAddress {ip}\nHostKey {key}\nPidFile {d}/sshd.pid\nUsePAM no\n\
-                 PasswordAuthentication yes\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                "Port {port}\nListenAddress {ip}\nHostKey {key}\nPidFile {d}/sshd.pid\nUsePAM {yes_no}\n\
+                 PasswordAuthentication yes\nKbdInteractiveAuthentication {yes_no}\nPubkeyAuthentication yes\n\
                  TrustedUserCAKeys {ca}\nAuthorizedKeysFile none\nStrictModes no\nPermitRootLogin no\n\
                  Subsystem sftp internal-sftp -d {files}\nSetEnv BACKEND={name}\nMaxStartups 100:30:200\n\
                  LogLevel VERBOSE\n",
@@ -75,6 +76,7 @@ impl Sshd {
                 d = d.display(),
                 ca = ca_pub.display(),
                 files = files.display(),
+                yes_no = if pam { "yes" } else { "no" },
             ),
         )
         .unwrap();
