@@ -274,7 +274,8 @@ impl Harness {
     }
 
     /// Sends `input` then EOF, and returns how many bytes the server wrote
-    /// before it closed (or 1 s passed).
+    /// before the session ended, or `usize::MAX` if it had not ended 2 s
+    /// later.
     pub async fn feed(&self, input: &[u8]) -> usize {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (client, server) = tokio::io::duplex(64 * 1024);
@@ -297,8 +298,14 @@ impl Harness {
             }
             n
         };
-        let n = tokio::time::timeout(Duration::from_secs(1), talk).await.unwrap_or(usize::MAX);
-        task.abort();
+        // The session must end by itself (its russh task included), so
+        // that nothing it holds outlives the connection.
+        let done = async {
+            let n = talk.await;
+            let _ = task.await;
+            n
+        };
+        let n = tokio::time::timeout(Duration::from_secs(2), done).await.unwrap_or(usize::MAX);
         writer.abort();
         n
     }
