@@ -12,8 +12,20 @@ use russh::keys::PublicKeyOrCertificate;
 use super::known_hosts::Verdict;
 use super::{Settings, Shared};
 
+/// Ciphers the edge asks backends for, AES-GCM first: with AES-NI (ring) it
+/// costs the edge less CPU per byte than ChaCha20-Poly1305, and the edge
+/// decrypts and encrypts every byte twice. All are modern AEAD or ETM.
+const UPSTREAM_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
 pub fn client_config(settings: &Settings) -> client::Config {
     client::Config {
+        preferred: russh::Preferred { cipher: std::borrow::Cow::Borrowed(UPSTREAM_CIPHERS), ..Default::default() },
         inactivity_timeout: Some(settings.idle_timeout),
         keepalive_interval: Some(std::time::Duration::from_secs(30)),
         nodelay: true,
