@@ -5,7 +5,7 @@
 //! the user name, which comes after), authenticates the user against the
 //! backend, and then relays channels both ways:
 //! - password and keyboard-interactive logins are passed through: the
-//!   backend's verdict is the client's ([`session`]);
+//!   backend's verdict is the client's (`ssh/session.rs`);
 //! - a public key is checked at the edge against the login's
 //!   `authorized_keys`; the edge then logs in upstream with a short-lived
 //!   OpenSSH user certificate signed by its user CA ([`keys`]), which the

@@ -401,3 +401,13 @@ async fn login_grace_connection_cap_and_failed_login_cap() {
     assert!(!refused.status.success(), "{}", text(&refused));
     assert!(text(&refused).contains("Permission denied"), "{}", text(&refused));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trust_on_first_use_an_unknown_backend_key_is_refused() {
+    let w = World::start_with("trust_on_first_use = false\n").await;
+    let out = w.ssh_password(USER, PASSWORD, "echo $BACKEND");
+    assert!(!out.status.success(), "logged in to a backend whose key is not pinned: {}", text(&out));
+    assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+    let known = std::fs::read_to_string(w.dir.path().join("var/ssh/known_hosts")).unwrap_or_default();
+    assert!(known.is_empty(), "nothing pinned: {known}");
+}

@@ -23,7 +23,7 @@ enum Command {
     /// Check the configuration (and its seed file) and exit.
     CheckConfig,
     /// Copy the table into an empty store: `--to etcd` from the embedded
-    /// store, `--to sqlite` from etcd (both as configured in [store]).
+    /// store, `--to sqlite` from etcd (both as configured in `[store]`).
     Migrate {
         #[arg(long, value_parser = ["etcd", "sqlite"])]
         to: String,
