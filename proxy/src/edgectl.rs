@@ -439,7 +439,7 @@ fn render_sessions(b: &Value) -> String {
         let _ = writeln!(
             out,
             "{:<5} {:<6} {:<20} {:<16} {:<23} {}s",
-            s["id"],
+            s["id"].as_u64().unwrap_or(0),
             s["protocol"].as_str().unwrap_or("?"),
             s["user"].as_str().unwrap_or("?"),
             s["backend"].as_str().unwrap_or("?"),
