@@ -373,6 +373,31 @@ mod tests {
     }
 
     #[test]
+    fn ssh_section_defaults_and_errors_name_the_key() {
+        let c = parse("[ssh]\n").unwrap();
+        let ssh = c.ssh.unwrap();
+        assert_eq!(ssh.upstream_port, 22);
+        assert!(ssh.trust_on_first_use);
+        assert_eq!(ssh.login_grace, std::time::Duration::from_secs(30));
+        assert!(parse("").unwrap().ssh.is_none(), "no section, no listener");
+        for (text, key) in [
+            ("listen = []", "ssh.listen"),
+            ("upstream_port = 0", "ssh.upstream_port"),
+            ("login_grace_secs = 0", "ssh.login_grace_secs"),
+            ("max_connections_per_ip = 0", "ssh.max_connections_per_ip"),
+            ("max_failed_logins_per_ip_per_minute = 0", "ssh.max_failed_logins_per_ip_per_minute"),
+            ("upstream_connect_timeout_ms = 5", "ssh.upstream_connect_timeout_ms"),
+            ("certificate_validity_secs = 1", "ssh.certificate_validity_secs"),
+            ("idle_timeout_secs = 5", "ssh.idle_timeout_secs"),
+        ] {
+            let e = parse(&format!("[ssh]\n{text}\n")).unwrap_err();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+        let e = parse("[ssh]\nlisten_port = 22\n").unwrap_err();
+        assert!(e.contains("unknown field `listen_port`"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = parse("[control]\nsockets = \"x\"\n").unwrap_err();
         assert!(e.contains("unknown field `sockets`"), "{e}");

@@ -78,3 +78,41 @@ impl KnownHosts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::{Algorithm, PrivateKey};
+
+    fn key() -> PublicKey {
+        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap().public_key().clone()
+    }
+
+    #[test]
+    fn first_key_is_pinned_then_only_it_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let (k1, k2) = (key(), key());
+        let known = KnownHosts::open(&path, true).unwrap();
+        assert_eq!(known.check("b1", &k1), Verdict::Pinned);
+        assert_eq!(known.check("b1", &k1), Verdict::Known);
+        assert_eq!(known.check("b1", &k2), Verdict::Mismatch);
+        assert_eq!(known.check("b2", &k2), Verdict::Pinned);
+        // The pins survive a restart, and without trust on first use an
+        // unknown backend is refused.
+        let reopened = KnownHosts::open(&path, false).unwrap();
+        assert_eq!(reopened.check("b1", &k1), Verdict::Known);
+        assert_eq!(reopened.check("b1", &k2), Verdict::Mismatch);
+        assert_eq!(reopened.check("b3", &k1), Verdict::Unknown);
+        assert!(std::fs::read_to_string(&path).unwrap().lines().count() == 2);
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        std::fs::write(&path, "# comment\n\nb1 ssh-ed25519 not-base64\n").unwrap();
+        let err = KnownHosts::open(&path, true).err().unwrap();
+        assert!(err.contains("known_hosts:3"), "{err}");
+    }
+}

@@ -420,3 +420,26 @@ impl Drop for EdgeSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::{Algorithm, PrivateKey};
+
+    fn login(keys: &[String]) -> SftpLogin {
+        serde_json::from_value(serde_json::json!({"user": "alice", "backend": "b1", "authorized_keys": keys})).unwrap()
+    }
+
+    #[test]
+    fn authorized_keys_lines_match_with_options_and_comments() {
+        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap().public_key().clone();
+        let other = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap().public_key().clone();
+        let line = key.to_openssh().unwrap();
+        assert!(authorized(&login(&[line.clone()]), &key));
+        assert!(authorized(&login(&[format!("{line} alice@laptop")]), &key));
+        assert!(authorized(&login(&[format!("no-pty,from=\"10.0.0.0/8\" {line} c")]), &key));
+        assert!(authorized(&login(&["garbage".into(), line.clone()]), &key));
+        assert!(!authorized(&login(&[line]), &other));
+        assert!(!authorized(&login(&[]), &key));
+    }
+}
