@@ -435,7 +435,7 @@ mod tests {
         let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap().public_key().clone();
         let other = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap().public_key().clone();
         let line = key.to_openssh().unwrap();
-        assert!(authorized(&login(&[line.clone()]), &key));
+        assert!(authorized(&login(std::slice::from_ref(&line)), &key));
         assert!(authorized(&login(&[format!("{line} alice@laptop")]), &key));
         assert!(authorized(&login(&[format!("no-pty,from=\"10.0.0.0/8\" {line} c")]), &key));
         assert!(authorized(&login(&["garbage".into(), line.clone()]), &key));
