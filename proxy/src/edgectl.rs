@@ -419,7 +419,7 @@ fn render_stale(stale: &Value) -> String {
         return String::new();
     }
     let since_ms = stale["since_ms"].as_u64().unwrap_or(0);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = routing_table::store::now_ms();
     format!(
         "STALE   for {} s: cannot read the store ({}); serving the version above, refusing changes\n",
         now_ms.saturating_sub(since_ms) / 1000,
@@ -432,7 +432,7 @@ fn render_sessions(b: &Value) -> String {
     if sessions.is_empty() {
         return "no live sessions\n".into();
     }
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = routing_table::store::now_ms();
     let mut out = String::from("ID    PROTO  USER                 BACKEND          CLIENT                  AGE\n");
     for s in &sessions {
         let age = now_ms.saturating_sub(s["started_ms"].as_u64().unwrap_or(now_ms)) / 1000;

@@ -177,6 +177,27 @@ pub(crate) struct Shared {
     pub metrics: SshMetrics,
 }
 
+impl Shared {
+    /// Loads (or makes) the keys and pins under `dir`, and the russh
+    /// configurations, for `settings`.
+    fn new(
+        settings: Settings,
+        dir: &Path,
+        table: Table,
+        sessions: Arc<Sessions>,
+        metrics: SshMetrics,
+    ) -> Result<Shared, BindError> {
+        let keys_err = |reason: String| BindError::Keys { dir: dir.into(), reason };
+        let keys = keys::EdgeKeys::load_or_create(dir).map_err(keys_err)?;
+        let known =
+            known_hosts::KnownHosts::open(&dir.join("known_hosts"), settings.trust_on_first_use).map_err(keys_err)?;
+        let server = Arc::new(session::server_config(&settings, &keys));
+        let client = Arc::new(upstream::client_config(&settings));
+        let limits = limits::Limits::new(settings.max_connections_per_ip, settings.max_failed_logins_per_ip_per_minute);
+        Ok(Shared { settings, server, client, table, keys, known, limits, sessions, metrics })
+    }
+}
+
 /// The bound SSH listeners.
 pub struct Ssh {
     listeners: Vec<TcpListener>,
@@ -194,11 +215,6 @@ impl Ssh {
         sessions: Arc<Sessions>,
         metrics: SshMetrics,
     ) -> Result<Ssh, BindError> {
-        let dir = data_dir.join("ssh");
-        let keys_err = |reason: String| BindError::Keys { dir: dir.clone(), reason };
-        let keys = keys::EdgeKeys::load_or_create(&dir).map_err(keys_err)?;
-        let known = known_hosts::KnownHosts::open(&dir.join("known_hosts"), settings.trust_on_first_use)
-            .map_err(|e| BindError::Keys { dir: dir.clone(), reason: e })?;
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for addr in &settings.listen {
@@ -206,10 +222,7 @@ impl Ssh {
             addrs.push(l.local_addr().map_err(|source| BindError::Listen { addr: *addr, source })?);
             listeners.push(l);
         }
-        let server = Arc::new(session::server_config(&settings, &keys));
-        let client = Arc::new(upstream::client_config(&settings));
-        let limits = limits::Limits::new(settings.max_connections_per_ip, settings.max_failed_logins_per_ip_per_minute);
-        let shared = Shared { settings, server, client, table, keys, known, limits, sessions, metrics };
+        let shared = Shared::new(settings, &data_dir.join("ssh"), table, sessions, metrics)?;
         Ok(Ssh { listeners, addrs, shared: Arc::new(shared) })
     }
 
@@ -259,17 +272,17 @@ impl Harness {
             .validate()
             .map_err(|(k, r)| BindError::Keys { dir: dir.into(), reason: format!("{k}: {r}") })?;
         let keys_err = |reason: String| BindError::Keys { dir: dir.into(), reason };
-        let keys = keys::EdgeKeys::load_or_create(dir).map_err(keys_err)?;
-        let known = known_hosts::KnownHosts::open(&dir.join("known_hosts"), false).map_err(keys_err)?;
+        let settings = Settings {
+            trust_on_first_use: false,
+            max_connections_per_ip: 1_000_000,
+            max_failed_logins_per_ip_per_minute: 1_000_000,
+            ..settings
+        };
         let store = Box::new(routing_table::MemoryStore::new());
         let metrics = routing_table::TableMetrics::unregistered().map_err(|e| keys_err(e.to_string()))?;
         let table = Table::open(store, metrics).map_err(|e| keys_err(e.to_string()))?;
-        let server = Arc::new(session::server_config(&settings, &keys));
-        let client = Arc::new(upstream::client_config(&settings));
-        let limits = limits::Limits::new(1_000_000, 1_000_000);
         let metrics = SshMetrics::unregistered().map_err(|e| keys_err(e.to_string()))?;
-        let shared =
-            Shared { settings, server, client, table, keys, known, limits, sessions: Sessions::new(), metrics };
+        let shared = Shared::new(settings, dir, table, Sessions::new(), metrics)?;
         Ok(Harness { shared: Arc::new(shared) })
     }
 

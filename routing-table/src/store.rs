@@ -153,7 +153,9 @@ pub(crate) fn import_commit_parts(table: &Loaded, comment: &str) -> (Transaction
     (txn, changes)
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// Wall-clock time in ms since the Unix epoch, as history and session
+/// records keep it (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

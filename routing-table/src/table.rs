@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use serde::Serialize;
@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::metrics::TableMetrics;
 use crate::snapshot::Snapshot;
-use crate::store::{Commit, HistoryEntry, Store, StoreError, Who};
+use crate::store::{now_ms, Commit, HistoryEntry, Store, StoreError, Who};
 use crate::transaction::{self, compose, undo_ops, Change, Transaction, TxnError};
 
 /// Why an update was not applied. Nothing changed in any case.
@@ -419,12 +419,7 @@ impl Writer {
         // A shared store numbers versions itself (etcd's revision).
         snapshot.version = version;
         let commit_time = stored.elapsed();
-        let committed = Committed { version, changes: applied.changes.into() };
-        self.shared.current.store(Arc::new(snapshot));
-        self.shared.versions.send_replace(version);
-        let _ = self.shared.changes.send(committed.clone()); // no subscribers is fine
-        let snapshot = self.shared.current.load();
-        self.shared.metrics.published(&snapshot, Some((started.elapsed() - commit_time, commit_time)));
+        let committed = self.publish(snapshot, applied.changes, Some((started.elapsed() - commit_time, commit_time)));
         tracing::info!(
             version,
             origin = %who.origin,
@@ -458,12 +453,23 @@ impl Writer {
         }
     }
 
+    /// Makes `snapshot` the live one and tells the subscribers: the one way
+    /// a version is published, by a commit here or one followed from the store.
+    fn publish(&self, snapshot: Snapshot, changes: Vec<Change>, times: Option<(Duration, Duration)>) -> Committed {
+        let committed = Committed { version: snapshot.version(), changes: changes.into() };
+        self.shared.current.store(Arc::new(snapshot));
+        self.shared.versions.send_replace(committed.version);
+        let _ = self.shared.changes.send(committed.clone()); // no subscribers is fine
+        self.shared.metrics.published(&self.shared.current.load(), times);
+        committed
+    }
+
     fn set_stale(&self, e: &StoreError) {
-        let first = self.shared.stale.load().is_none();
-        let since_ms = self.shared.stale.load().as_ref().map_or_else(now_ms, |s| s.since_ms);
+        let previous = self.shared.stale.load_full();
+        let since_ms = previous.as_ref().map_or_else(now_ms, |s| s.since_ms);
         self.shared.stale.store(Some(Arc::new(Stale { since_ms, error: e.to_string() })));
         self.shared.metrics.stale(true);
-        if first {
+        if previous.is_none() {
             tracing::error!(
                 version = self.shared.current.load().version(),
                 error = %e,
@@ -506,14 +512,9 @@ impl Writer {
             Err(StoreError::NoSuchVersion { .. }) => self.reload(&base)?,
             Err(e) => return Err(e),
         };
-        let stored = next.version;
-        let committed = Committed { version: stored, changes: changes.into() };
-        self.shared.current.store(Arc::new(next));
-        self.shared.versions.send_replace(stored);
-        let _ = self.shared.changes.send(committed.clone());
-        self.shared.metrics.published(&self.shared.current.load(), None);
+        let committed = self.publish(next, changes, None);
         tracing::info!(
-            version = stored,
+            version = committed.version,
             from = base.version(),
             changed = committed.changes.len(),
             "followed the store"
@@ -587,8 +588,4 @@ impl Writer {
         }
         Ok(net.into_iter().map(|c| Change { before: c.after, after: c.before, ..c }).collect())
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

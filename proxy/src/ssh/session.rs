@@ -50,7 +50,7 @@ where
     };
     shared.metrics.connections.with_label_values(&["accepted"]).inc();
     shared.metrics.open.inc();
-    let _open = scopeguard(shared.metrics.open.clone());
+    let _open = GaugeGuard(shared.metrics.open.clone());
     let logged_in = Arc::new(AtomicBool::new(false));
     let handler = EdgeSession {
         shared: shared.clone(),
@@ -88,9 +88,6 @@ where
 
 /// Decrements the open-connections gauge when dropped.
 struct GaugeGuard(prometheus::IntGauge);
-fn scopeguard(g: prometheus::IntGauge) -> GaugeGuard {
-    GaugeGuard(g)
-}
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
@@ -101,7 +98,6 @@ impl Drop for GaugeGuard {
 struct Keyboard {
     upstream: Upstream,
     user: String,
-    backend: String,
     login: Arc<SftpLogin>,
 }
 
@@ -192,7 +188,10 @@ impl EdgeSession {
         }
     }
 
-    async fn password(&mut self, user: &str, password: &str) -> Result<Routed, Refusal> {
+    /// The first steps of a pass-through login (password, keyboard-
+    /// interactive): the per-IP cap, the route, and a key exchange with the
+    /// user's backend.
+    async fn pass_through(&self, user: &str) -> Result<(Upstream, Arc<SftpLogin>), Refusal> {
         if self.shared.limits.blocked(self.ip()) {
             return Err(Refusal::RateLimited);
         }
@@ -200,7 +199,11 @@ impl EdgeSession {
         if login.upstream_auth == UpstreamAuth::Certificate {
             return Err(Refusal::NotAllowed); // keys only for this login
         }
-        let mut handle = self.connect(&backend, addr).await?;
+        Ok((self.connect(&backend, addr).await?, login))
+    }
+
+    async fn password(&mut self, user: &str, password: &str) -> Result<Routed, Refusal> {
+        let (mut handle, login) = self.pass_through(user).await?;
         let result =
             handle.authenticate_password(user, password).await.map_err(|e| Refusal::Upstream(e.to_string()))?;
         if !result.success() {
@@ -245,7 +248,6 @@ impl EdgeSession {
             KeyboardInteractiveAuthResponse::InfoRequest { name, instructions, prompts } => {
                 let prompts: Vec<(Cow<'static, str>, bool)> =
                     prompts.into_iter().map(|p| (Cow::Owned(p.prompt), p.echo)).collect();
-                let _ = &pending.backend;
                 self.keyboard = Some(pending);
                 Ok(Auth::Partial { name: name.into(), instructions: instructions.into(), prompts: prompts.into() })
             }
@@ -326,28 +328,13 @@ impl server::Handler for EdgeSession {
                     Err(e) => Err(Refusal::Upstream(e.to_string())),
                 }
             }
-            _ => {
-                if self.shared.limits.blocked(self.ip()) {
-                    Err(Refusal::RateLimited)
-                } else {
-                    match self.route(user) {
-                        None => Err(Refusal::Failed),
-                        Some((login, _, _)) if login.upstream_auth == UpstreamAuth::Certificate => {
-                            Err(Refusal::NotAllowed)
-                        }
-                        Some((login, backend, addr)) => match self.connect(&backend, addr).await {
-                            Err(e) => Err(e),
-                            Ok(mut handle) => match handle.authenticate_keyboard_interactive_start(user, None).await {
-                                Ok(step) => {
-                                    let pending = Keyboard { upstream: handle, user: user.to_string(), backend, login };
-                                    self.keyboard_step(step, pending)
-                                }
-                                Err(e) => Err(Refusal::Upstream(e.to_string())),
-                            },
-                        },
-                    }
-                }
-            }
+            _ => match self.pass_through(user).await {
+                Err(e) => Err(e),
+                Ok((mut handle, login)) => match handle.authenticate_keyboard_interactive_start(user, None).await {
+                    Ok(step) => self.keyboard_step(step, Keyboard { upstream: handle, user: user.to_string(), login }),
+                    Err(e) => Err(Refusal::Upstream(e.to_string())),
+                },
+            },
         };
         Ok(match step {
             Ok(auth) => auth,
