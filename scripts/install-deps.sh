@@ -16,9 +16,13 @@ run_pkgs=(build-essential pkg-config cmake curl ca-certificates protobuf-compile
 # the 3-member cluster the multi-node tests start; openssh-server (two sshd
 # backends), openssh-client (ssh, sftp, scp, ssh-keygen) and sshpass: the SSH
 # forwarder's interop tests; passwd: useradd/chpasswd for their test user;
-# openssl: certificates for the etcd TLS test.
+# openssl: certificates for the etcd TLS test and openssl s_client; the mail
+# forwarders' interop tests: dovecot-imapd + dovecot-pop3d (IMAP/POP3
+# backends), python3-aiosmtpd (SMTP backends), slapd + ldap-utils (the LDAP
+# auth plug-in), swaks (an SMTP client) with libnet-ssleay-perl for its --tls.
 test_pkgs=(prometheus util-linux procps sqlite3 bind9-dnsutils knot-dnsutils knot etcd-server etcd-client
-    openssh-server openssh-client sshpass passwd openssl)
+    openssh-server openssh-client sshpass passwd openssl dovecot-imapd dovecot-pop3d python3-aiosmtpd slapd
+    ldap-utils swaks libnet-ssleay-perl)
 
 # The test script runs clippy and rustfmt; a minimal rustup profile lacks them.
 if [ "${1:-run}" = test ] && command -v rustup >/dev/null 2>&1; then

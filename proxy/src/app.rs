@@ -38,6 +38,8 @@ pub enum StartError {
     Dns(#[from] dnsd::BindError),
     #[error(transparent)]
     Ssh(#[from] crate::ssh::BindError),
+    #[error(transparent)]
+    Mail(#[from] crate::mail::BindError),
 }
 
 /// A started Edge: table open, listeners bound, nothing served yet.
@@ -48,6 +50,7 @@ pub struct Edge {
     admin: TcpListener,
     dns: Option<dnsd::Dnsd>,
     ssh: Option<crate::ssh::Ssh>,
+    mail: Option<crate::mail::Mail>,
     sessions: Arc<Sessions>,
 }
 
@@ -91,6 +94,16 @@ impl Edge {
             }
             None => None,
         };
+        let mail = match &config.mail {
+            Some(settings) => {
+                let metrics = crate::mail::MailMetrics::register(&registry)?;
+                let mail =
+                    crate::mail::Mail::bind(settings.clone(), &config.data_dir, table.clone(), sessions.clone(), metrics)
+                        .await?;
+                Some(mail)
+            }
+            None => None,
+        };
         tracing::info!(
             version = table.load().version(),
             store = table.store_description(),
@@ -98,9 +111,10 @@ impl Edge {
             admin = %config.admin_listen,
             dns = ?dns.as_ref().map(|d| d.local_addrs()),
             ssh = ?ssh.as_ref().map(|s| s.local_addrs()),
+            mail = ?mail.as_ref().map(|m| m.local_addrs()),
             "edge started"
         );
-        Ok(Edge { table, registry, control, admin, dns, ssh, sessions })
+        Ok(Edge { table, registry, control, admin, dns, ssh, mail, sessions })
     }
 
     pub fn table(&self) -> &Table {
@@ -121,6 +135,11 @@ impl Edge {
         self.ssh.as_ref().map_or(&[], |s| s.local_addrs())
     }
 
+    /// Where the mail forwarders listen: `(protocol, implicit TLS, address)`.
+    pub fn mail_addrs(&self) -> Vec<(&'static str, bool, SocketAddr)> {
+        self.mail.as_ref().map_or_else(Vec::new, |m| m.local_addrs())
+    }
+
     pub fn control_path(&self) -> &Path {
         self.control.path()
     }
@@ -136,6 +155,7 @@ impl Edge {
         let admin = tokio::spawn(crate::admin::serve(self.admin, self.registry, shutdown.clone()));
         let dns = self.dns.map(|d| tokio::spawn(d.serve(shutdown.clone())));
         let ssh = self.ssh.map(|s| tokio::spawn(s.serve(shutdown.clone())));
+        let mail = self.mail.map(|m| tokio::spawn(m.serve(shutdown.clone())));
         let reloader = tokio::spawn(async move {
             while reload.changed().await.is_ok() {
                 let next = reload.borrow_and_update().clone();
@@ -157,6 +177,9 @@ impl Edge {
         }
         if let Some(ssh) = ssh {
             let _ = ssh.await;
+        }
+        if let Some(mail) = mail {
+            let _ = mail.await;
         }
         reloader.abort();
         tracing::info!(version = self.table.load().version(), "edge stopped");

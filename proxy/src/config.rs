@@ -16,7 +16,7 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: `{key}`: {reason}")]
-    Invalid { path: PathBuf, key: &'static str, reason: String },
+    Invalid { path: PathBuf, key: String, reason: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +38,9 @@ struct FileConfig {
     /// No section: no SSH listener.
     #[serde(default)]
     ssh: Option<crate::ssh::SshConfig>,
+    /// No section: no mail listeners.
+    #[serde(default)]
+    mail: Option<crate::mail::MailConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +273,8 @@ pub struct Config {
     pub dns: Option<dnsd::Settings>,
     /// The SFTP/SSH forwarder, when the file has an `[ssh]` section.
     pub ssh: Option<crate::ssh::Settings>,
+    /// The mail forwarders, when the file has a `[mail]` section.
+    pub mail: Option<crate::mail::Settings>,
 }
 
 impl Config {
@@ -284,7 +289,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let file: FileConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
-        let invalid = |key, reason: String| ConfigError::Invalid { path: path.into(), key, reason };
+        let invalid = |key: &str, reason: String| ConfigError::Invalid { path: path.into(), key: key.to_string(), reason };
         let data_dir = file.edge.data_dir;
         let sqlite_path = data_dir.join(&file.store.path);
         let etcd = file.store.etcd.map(FileEtcd::validate).transpose().map_err(|(key, reason)| invalid(key, reason))?;
@@ -317,6 +322,7 @@ impl Config {
         let seed = file.store.seed.filter(|p| !p.as_os_str().is_empty());
         let dns = file.dns.map(|d| d.validate()).transpose().map_err(|(key, reason)| invalid(key, reason))?;
         let ssh = file.ssh.map(|s| s.validate()).transpose().map_err(|(key, reason)| invalid(key, reason))?;
+        let mail = file.mail.map(|m| m.validate()).transpose().map_err(|(key, reason)| invalid(&key, reason))?;
         Ok(Config {
             path: path.into(),
             control: ControlConfig {
@@ -335,6 +341,7 @@ impl Config {
             log_level: file.log.level,
             dns,
             ssh,
+            mail,
         })
     }
 }

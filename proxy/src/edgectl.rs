@@ -36,13 +36,16 @@ enum Command {
     /// Move members.
     #[command(subcommand)]
     Member(MemberCmd),
+    /// Move one mailbox login (IMAP, POP3, submission).
+    #[command(subcommand)]
+    Mailbox(MailboxCmd),
     /// Add, list, drain or evacuate backends.
     #[command(subcommand)]
     Backend(BackendCmd),
     /// The internal DNS zone.
     #[command(subcommand)]
     Dns(DnsCmd),
-    /// Live SSH sessions (all, or one user's) and the backend each is on.
+    /// Live SSH and mail sessions (all, or one user's) and the backend each is on.
     Sessions { user: Option<String> },
     /// Apply a transaction file (JSON: {"ops": [...]}).
     Apply {
@@ -129,10 +132,33 @@ enum MemberCmd {
         databases_to: Option<String>,
         #[arg(long)]
         dry_run: bool,
-        /// Then close the member's SSH sessions still on the old backend, so
-        /// clients reconnect to the new one.
+        /// Then close the member's SSH and mail sessions still on the old
+        /// backend, so clients reconnect to the new one.
         #[arg(long)]
         kick: bool,
+        /// Hold the member's new logins (up to SECONDS) until the move is
+        /// committed.
+        #[arg(long, value_name = "SECONDS")]
+        hold: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MailboxCmd {
+    /// Send a mailbox login's new sessions to another backend.
+    Move {
+        user: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        dry_run: bool,
+        /// Then close the user's mail sessions still on the old backend.
+        #[arg(long)]
+        kick: bool,
+        /// Hold the user's new logins (up to SECONDS) until the move is
+        /// committed.
+        #[arg(long, value_name = "SECONDS")]
+        hold: Option<u64>,
     },
 }
 
@@ -176,9 +202,13 @@ enum BackendCmd {
         to: String,
         #[arg(long)]
         dry_run: bool,
-        /// Then close the moved users' SSH sessions on this backend.
+        /// Then close the moved users' SSH and mail sessions on this backend.
         #[arg(long)]
         kick: bool,
+        /// Hold the moved users' new logins (up to SECONDS) until the move
+        /// is committed.
+        #[arg(long, value_name = "SECONDS")]
+        hold: Option<u64>,
     },
 }
 
@@ -257,9 +287,14 @@ async fn call(client: &Client, config: &Path, command: Command) -> Result<(Answe
             let body = json!({ "to": to, "from": from, "dry_run": dry_run });
             (client.post(&format!("/v1/sites/{}/move", enc(&name)), &body).await.map_err(e)?, Style::Changes)
         }
-        Command::Member(MemberCmd::Move { name, to, databases_to, dry_run, kick }) => {
-            let body = json!({ "to": to, "databases_to": databases_to, "dry_run": dry_run, "kick": kick });
+        Command::Member(MemberCmd::Move { name, to, databases_to, dry_run, kick, hold }) => {
+            let body =
+                json!({ "to": to, "databases_to": databases_to, "dry_run": dry_run, "kick": kick, "hold_secs": hold });
             (client.post(&format!("/v1/members/{}/move", enc(&name)), &body).await.map_err(e)?, Style::Changes)
+        }
+        Command::Mailbox(MailboxCmd::Move { user, to, dry_run, kick, hold }) => {
+            let body = json!({ "to": to, "dry_run": dry_run, "kick": kick, "hold_secs": hold });
+            (client.post(&format!("/v1/mailboxes/{}/move", enc(&user)), &body).await.map_err(e)?, Style::Changes)
         }
         Command::Backend(BackendCmd::Add { name, addresses, dry_run }) => {
             let body = json!({ "ops": [{ "op": "add", "entity": { "kind": "backend", "name": name, "addresses": addresses } }] });
@@ -277,8 +312,8 @@ async fn call(client: &Client, config: &Path, command: Command) -> Result<(Answe
             let body = json!({ "ops": [{ "op": "set_backend_state", "backend": name, "state": state }] });
             (client.post("/v1/transactions", &body).await.map_err(e)?, Style::Changes)
         }
-        Command::Backend(BackendCmd::Evacuate { name, to, dry_run, kick }) => {
-            let body = json!({ "to": to, "dry_run": dry_run, "kick": kick });
+        Command::Backend(BackendCmd::Evacuate { name, to, dry_run, kick, hold }) => {
+            let body = json!({ "to": to, "dry_run": dry_run, "kick": kick, "hold_secs": hold });
             (client.post(&format!("/v1/backends/{}/evacuate", enc(&name)), &body).await.map_err(e)?, Style::Changes)
         }
         Command::Dns(DnsCmd::Import { file, zone, keep_ttl, dry_run }) => {

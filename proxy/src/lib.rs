@@ -7,17 +7,22 @@
 //!   client, used by `edgectl`.
 //! - [`admin`]: Prometheus `/metrics`.
 //! - [`config`]: `edge.toml`, checked into [`config::Config`].
-//! - [`ssh`]: the SFTP/SSH forwarder; [`sessions`]: live sessions by user
-//!   (`edgectl sessions`, `--kick`).
+//! - [`ssh`]: the SFTP/SSH forwarder; [`mail`]: the IMAP, POP3, submission
+//!   and MX forwarders; [`sessions`]: their live sessions by user
+//!   (`edgectl sessions`, `--kick`, `--hold`); [`limits`]: their per-client
+//!   limits.
+//! - dnsd (its own crate) answers from the same table.
 //!
-//! Later services (HTTP proxy, mail and SFTP forwarders, dnsd) plug into
-//! [`app::Edge`] and read the same table.
+//! Later services (the HTTP proxy) plug into [`app::Edge`] and read the
+//! same table.
 
 pub mod admin;
 pub mod app;
 pub mod config;
 pub mod control;
 pub mod edgectl;
+pub mod limits;
+pub mod mail;
 pub mod sessions;
 pub mod signals;
 pub mod ssh;

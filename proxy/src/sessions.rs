@@ -1,14 +1,20 @@
-//! Live stream sessions by user (SSH today; mail will register here too).
+//! Live stream sessions by user (SSH, IMAP, POP3, submission), and login
+//! holds.
 //!
 //! A session keeps the backend it chose at login to its end. After a move,
 //! `--kick` closes the sessions of the moved users that are still on a
 //! backend the table no longer routes them to, so their clients reconnect
-//! to the new one; `edgectl sessions USER` lists them.
+//! to the new one; `edgectl sessions USER` lists them. `--hold SECONDS`
+//! makes new logins of the moved users wait (up to the hold) until the move
+//! is committed, so none lands on the old backend while it is switched.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use routing_table::store::now_ms;
 use serde::Serialize;
@@ -38,6 +44,33 @@ struct Entry {
 pub struct Sessions {
     by_user: Mutex<HashMap<String, Vec<Entry>>>,
     next_id: AtomicU64,
+    holds: Mutex<HashMap<String, Hold>>,
+}
+
+/// A hold on one user's new logins.
+#[derive(Clone)]
+struct Hold {
+    until: Instant,
+    released: watch::Receiver<bool>,
+}
+
+/// Holds logins until dropped (or until its deadline).
+pub struct HoldGuard {
+    sessions: Arc<Sessions>,
+    users: Vec<String>,
+    release: watch::Sender<bool>,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        let _ = self.release.send(true);
+        let mut holds = self.sessions.holds.lock().unwrap_or_else(|p| p.into_inner());
+        for u in &self.users {
+            if holds.get(u).is_some_and(|h| h.released.same_channel(&self.release.subscribe())) {
+                holds.remove(u);
+            }
+        }
+    }
 }
 
 /// Removes its session from the registry when dropped (the session ended).
@@ -99,6 +132,28 @@ impl Sessions {
         n
     }
 
+    /// Holds new logins of `users` until the guard is dropped, for at most
+    /// `limit`.
+    pub fn hold(self: &Arc<Self>, users: Vec<String>, limit: Duration) -> HoldGuard {
+        let (release, released) = watch::channel(false);
+        let until = Instant::now() + limit;
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        for u in &users {
+            holds.insert(u.clone(), Hold { until, released: released.clone() });
+        }
+        HoldGuard { sessions: self.clone(), users, release }
+    }
+
+    /// Waits while `user`'s logins are held; returns how long it waited.
+    pub async fn wait_hold(&self, user: &str) -> Duration {
+        let hold = self.holds.lock().unwrap_or_else(|p| p.into_inner()).get(user).cloned();
+        let Some(Hold { until, mut released }) = hold else { return Duration::ZERO };
+        let start = Instant::now();
+        let left = until.saturating_duration_since(start);
+        let _ = tokio::time::timeout(left, released.wait_for(|r| *r)).await;
+        start.elapsed()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Entry>>> {
         self.by_user.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -142,5 +197,25 @@ mod tests {
         assert_eq!(sessions.kick("imap", "alice", None), 0);
         drop(a);
         assert_eq!(sessions.list(Some("alice")).iter().map(|s| s.backend.as_str()).collect::<Vec<_>>(), ["mosh40"]);
+    }
+
+    #[tokio::test]
+    async fn a_hold_delays_logins_until_released_or_its_deadline() {
+        let sessions = Sessions::new();
+        assert_eq!(sessions.wait_hold("alice").await, Duration::ZERO);
+        let guard = sessions.hold(vec!["alice".into()], Duration::from_secs(10));
+        let waiter = tokio::spawn({
+            let s = sessions.clone();
+            async move { s.wait_hold("alice").await }
+        });
+        assert_eq!(sessions.wait_hold("bob").await, Duration::ZERO, "others are not held");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(guard);
+        let waited = waiter.await.unwrap();
+        assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(5), "{waited:?}");
+        assert_eq!(sessions.wait_hold("alice").await, Duration::ZERO, "released");
+        let _forgotten = sessions.hold(vec!["carol".into()], Duration::from_millis(100));
+        let waited = sessions.wait_hold("carol").await;
+        assert!(waited >= Duration::from_millis(80) && waited < Duration::from_secs(2), "deadline: {waited:?}");
     }
 }

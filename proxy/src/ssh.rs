@@ -29,7 +29,7 @@ use crate::sessions::Sessions;
 
 pub mod keys;
 pub mod known_hosts;
-mod limits;
+
 pub mod metrics;
 mod relay;
 mod session;
@@ -172,7 +172,7 @@ pub(crate) struct Shared {
     pub table: Table,
     pub keys: keys::EdgeKeys,
     pub known: known_hosts::KnownHosts,
-    pub limits: limits::Limits,
+    pub limits: crate::limits::Limits,
     pub sessions: Arc<Sessions>,
     pub metrics: SshMetrics,
 }
@@ -193,7 +193,7 @@ impl Shared {
             known_hosts::KnownHosts::open(&dir.join("known_hosts"), settings.trust_on_first_use).map_err(keys_err)?;
         let server = Arc::new(session::server_config(&settings, &keys));
         let client = Arc::new(upstream::client_config(&settings));
-        let limits = limits::Limits::new(settings.max_connections_per_ip, settings.max_failed_logins_per_ip_per_minute);
+        let limits = crate::limits::Limits::new(settings.max_connections_per_ip, settings.max_failed_logins_per_ip_per_minute);
         Ok(Shared { settings, server, client, table, keys, known, limits, sessions, metrics })
     }
 }

@@ -112,6 +112,21 @@ struct MoveBody {
     /// After the move, close the moved users' sessions still on another backend.
     #[serde(default)]
     kick: bool,
+    /// Hold the moved users' new logins until the move is committed (at
+    /// most this many seconds).
+    #[serde(default)]
+    hold_secs: Option<u64>,
+}
+
+/// Longest login hold an admin may ask for.
+const MAX_HOLD_SECS: u64 = 300;
+
+/// What to do around a commit besides applying it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Around {
+    dry_run: bool,
+    kick: bool,
+    hold_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,11 +170,13 @@ impl Api {
             (Method::GET, ["v1", "table", kind, name]) => self.table_entity(kind, name),
             (Method::GET, ["v1", "lookup"]) => self.lookup(&query),
             (Method::POST, ["v1", "transactions"]) => {
+                let hold_secs = query.get("hold").map(|v| number(v, "hold")).transpose()?;
+                let around = Around { dry_run: flag(&query, "dry_run"), kick: flag(&query, "kick"), hold_secs };
                 let txn = read_json(req, max_body).await?;
-                self.commit(txn, who, flag(&query, "dry_run"), flag(&query, "kick")).await
+                self.commit(txn, who, around).await
             }
             (Method::POST, ["v1", "transactions", "dry-run"]) => {
-                self.commit(read_json(req, max_body).await?, who, true, false).await
+                self.commit(read_json(req, max_body).await?, who, Around { dry_run: true, ..Around::default() }).await
             }
             (Method::GET, ["v1", "sessions"]) => {
                 let sessions = self.sessions.list(query.get("user").map(String::as_str));
@@ -168,8 +185,25 @@ impl Api {
             (Method::POST, ["v1", kind @ ("sites" | "members" | "backends"), name, action @ ("move" | "evacuate")]) => {
                 let body: MoveBody = read_json(req, max_body).await?;
                 let op = move_op(kind, action, name, &body)?;
+                let around = Around { dry_run: body.dry_run, kick: body.kick, hold_secs: body.hold_secs };
                 let txn = Transaction { if_version: body.if_version, comment: body.comment, ops: vec![op] };
-                self.commit(txn, who, body.dry_run, body.kick).await
+                self.commit(txn, who, around).await
+            }
+            (Method::POST, ["v1", "mailboxes", user, "move"]) => {
+                let body: MoveBody = read_json(req, max_body).await?;
+                let user = percent_decode(user);
+                let snap = self.table.load();
+                let mut login = snap
+                    .mail_login(&user)
+                    .ok_or_else(|| ApiError::not_found(format!("no mail_login `{user}`")))?
+                    .as_ref()
+                    .clone();
+                login.backend = body.to.as_str().into();
+                // Guarded by the version read, unless the caller gave one.
+                let if_version = body.if_version.or(Some(snap.version()));
+                let op = Op::Put { entity: routing_table::Entity::MailLogin(login) };
+                let around = Around { dry_run: body.dry_run, kick: body.kick, hold_secs: body.hold_secs };
+                self.commit(Transaction { if_version, comment: body.comment, ops: vec![op] }, who, around).await
             }
             (Method::GET, ["v1", "history"]) => self.history(&query).await,
             (Method::GET, ["v1", "history", version]) => {
@@ -263,33 +297,54 @@ impl Api {
         Err(ApiError::bad("give one of host, mail_user, recipient, sftp_user, database"))
     }
 
-    async fn commit(&self, txn: Transaction, who: Who, dry_run: bool, kick: bool) -> Reply {
-        if dry_run {
+    async fn commit(&self, txn: Transaction, who: Who, around: Around) -> Reply {
+        if around.dry_run {
             let d = self.table.dry_run(&txn)?;
             return Ok(json!({ "dry_run": true, "version": d.version, "changes": d.changes }));
         }
-        let done = self.table.apply(txn, who).await?;
-        if !kick {
-            return Ok(json!({ "version": done.version, "changes": done.changes }));
+        // Hold the logins this transaction moves, found by a dry run, until
+        // it is committed (or refused).
+        let hold = match around.hold_secs {
+            Some(secs) if !(1..=MAX_HOLD_SECS).contains(&secs) => {
+                return Err(ApiError::bad(format!("hold: must be between 1 and {MAX_HOLD_SECS} seconds")));
+            }
+            Some(secs) => {
+                let users = moved_users(&self.table.dry_run(&txn)?.changes);
+                Some(self.sessions.hold(users, std::time::Duration::from_secs(secs)))
+            }
+            None => None,
+        };
+        let done = self.table.apply(txn, who).await;
+        drop(hold);
+        let done = done?;
+        let mut answer = json!({ "version": done.version, "changes": done.changes });
+        if around.kick {
+            answer["kicked"] = json!(self.kick_moved(&done.changes));
         }
-        let kicked = self.kick_moved(&done.changes);
-        Ok(json!({ "version": done.version, "changes": done.changes, "kicked": kicked }))
+        Ok(answer)
     }
 
     /// Closes the sessions of users whose login this change set moved (or
     /// removed) that are still on another backend; returns how many.
     fn kick_moved(&self, changes: &[routing_table::Change]) -> usize {
         let mut kicked = 0;
-        for c in changes.iter().filter(|c| c.kind == Kind::SftpLogin) {
-            let keep = match &c.after {
-                Some(routing_table::Entity::SftpLogin(l)) => Some(l.backend.to_string()),
-                _ => None,
+        for c in changes {
+            let (protocols, keep): (&[&str], _) = match (&c.kind, &c.after) {
+                (Kind::SftpLogin, Some(routing_table::Entity::SftpLogin(l))) => (&["ssh"], Some(l.backend.to_string())),
+                (Kind::SftpLogin, _) => (&["ssh"], None),
+                (Kind::MailLogin, Some(routing_table::Entity::MailLogin(l))) => {
+                    (&MAIL_PROTOCOLS, Some(l.backend.to_string()))
+                }
+                (Kind::MailLogin, _) => (&MAIL_PROTOCOLS, None),
+                _ => continue,
             };
-            let n = self.sessions.kick("ssh", &c.name, keep.as_deref());
-            if n > 0 {
-                tracing::info!(user = %c.name, to = ?keep, sessions = n, "kicked SSH sessions after a move");
+            for protocol in protocols {
+                let n = self.sessions.kick(protocol, &c.name, keep.as_deref());
+                if n > 0 {
+                    tracing::info!(user = %c.name, protocol, to = ?keep, sessions = n, "kicked sessions after a move");
+                }
+                kicked += n;
             }
-            kicked += n;
         }
         kicked
     }
@@ -324,6 +379,25 @@ fn log_request(method: &Method, path: &str, peer: Peer, status: StatusCode, body
     } else {
         tracing::info!(%method, path, uid = peer.uid, pid = ?peer.pid, status = status.as_u16(), version, error, "control request");
     }
+}
+
+/// The session protocols a mail login covers.
+const MAIL_PROTOCOLS: [&str; 3] = ["imap", "pop3", "submission"];
+
+/// Users whose mail or SFTP login a change set moves to another backend
+/// (or removes).
+fn moved_users(changes: &[routing_table::Change]) -> Vec<String> {
+    use routing_table::Entity;
+    let backend = |e: &Option<Entity>| match e {
+        Some(Entity::MailLogin(l)) => Some(l.backend.to_string()),
+        Some(Entity::SftpLogin(l)) => Some(l.backend.to_string()),
+        _ => None,
+    };
+    changes
+        .iter()
+        .filter(|c| matches!(c.kind, Kind::MailLogin | Kind::SftpLogin) && backend(&c.before) != backend(&c.after))
+        .map(|c| c.name.to_string())
+        .collect()
 }
 
 fn move_op(kind: &str, action: &str, name: &str, body: &MoveBody) -> Result<Op, ApiError> {

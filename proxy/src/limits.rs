@@ -1,4 +1,5 @@
-//! Per-client-IP limits: open connections, and failed logins per minute.
+//! Per-client-IP limits of the stream forwarders (SSH, mail): open
+//! connections, and failed logins per minute.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
