@@ -145,3 +145,74 @@ pub fn ssh_preauth(data: &[u8]) {
     assert_ne!(written, usize::MAX, "the session did not end within 2 s of EOF");
     assert!(written <= 64 * 1024 + 4 * data.len(), "the server wrote {written} bytes for {} in", data.len());
 }
+
+/// IMAP commands before login: the parser is total, what it consumes lies
+/// within the input, a complete command parses the same without what
+/// follows it, and no shorter prefix is already complete.
+pub fn mail_imap(data: &[u8]) {
+    use proxy::mail::parse::imap::{parse, Step};
+    match parse(data) {
+        Step::Complete { tag, command, used } => {
+            assert!(used > 0 && used <= data.len());
+            assert!(data[..used].ends_with(b"\r\n"));
+            assert_eq!(parse(&data[..used]), Step::Complete { tag, command, used });
+            for cut in [used - 1, used / 2] {
+                assert!(!matches!(parse(&data[..cut]), Step::Complete { .. }), "a prefix was complete");
+            }
+        }
+        Step::Bad { used: Some(used), .. } => assert!(used > 0 && used <= data.len()),
+        Step::More { continuation: Some(at) } => assert!(at <= data.len()),
+        Step::Bad { used: None, .. } | Step::More { continuation: None } => {}
+    }
+}
+
+/// POP3 command lines: total; a password is the rest of the line, byte
+/// for byte.
+pub fn mail_pop3(data: &[u8]) {
+    use proxy::mail::parse::pop3::{parse_line, Command, MAX_LINE};
+    match parse_line(data) {
+        Ok(Command::Pass(p)) => assert_eq!(&data[5..], &p[..]),
+        Ok(Command::User(u)) => assert_eq!(&data[5..], &u[..]),
+        Ok(_) => assert!(data.len() + 2 <= MAX_LINE),
+        Err(_) => {}
+    }
+}
+
+/// SMTP command lines and DATA: the line parser is total and keeps the
+/// RFC limits; the DATA filter gives the backend one end of data, exactly
+/// where the edge saw it, whatever the input and however it is split.
+pub fn mail_smtp(data: &[u8]) {
+    use proxy::mail::parse::data::DataFilter;
+    use proxy::mail::parse::smtp::{parse_line, Command, MAX_AUTH_LINE, MAX_LINE};
+    match parse_line(data) {
+        Ok(Command::Auth { .. }) => assert!(data.len() + 2 <= MAX_AUTH_LINE),
+        Ok(Command::Rcpt { to, .. }) => {
+            assert!(data.len() + 2 <= MAX_LINE);
+            assert!(to.contains('@') && !to.contains(['<', '>', ' ', '\r', '\n']));
+        }
+        Ok(_) => assert!(data.len() + 2 <= MAX_LINE || data.len() + 2 <= MAX_AUTH_LINE),
+        Err(_) => {}
+    }
+    let run = |split: usize| {
+        let mut f = DataFilter::new();
+        let mut out = Vec::new();
+        let mut used = f.feed(&data[..split], &mut out);
+        if !f.done() {
+            used += f.feed(&data[split..], &mut out);
+        }
+        (out, used, f.done())
+    };
+    let (whole, used, done) = run(data.len());
+    assert_eq!(run(data.len() / 2), (whole.clone(), used, done));
+    assert!(used <= data.len());
+    let text = [b"\r\n".as_slice(), &whole].concat();
+    let ends = text.windows(5).filter(|w| *w == b"\r\n.\r\n").count();
+    assert_eq!(ends, usize::from(done), "the backend would see {ends} ends of data");
+    if done {
+        assert!(text.ends_with(b"\r\n.\r\n"));
+    }
+    for (i, &b) in whole.iter().enumerate() {
+        assert!(b != b'\n' || (i > 0 && whole[i - 1] == b'\r'), "bare LF reached the backend");
+        assert!(b != b'\r' || whole.get(i + 1) == Some(&b'\n'), "bare CR reached the backend");
+    }
+}

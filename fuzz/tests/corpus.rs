@@ -33,3 +33,18 @@ fn dns_query_corpus() {
 fn ssh_preauth_corpus() {
     replay("ssh_preauth", edge_fuzz::ssh_preauth);
 }
+
+#[test]
+fn mail_imap_corpus() {
+    replay("mail_imap", edge_fuzz::mail_imap);
+}
+
+#[test]
+fn mail_pop3_corpus() {
+    replay("mail_pop3", edge_fuzz::mail_pop3);
+}
+
+#[test]
+fn mail_smtp_corpus() {
+    replay("mail_smtp", edge_fuzz::mail_smtp);
+}

@@ -97,9 +97,14 @@ impl Edge {
         let mail = match &config.mail {
             Some(settings) => {
                 let metrics = crate::mail::MailMetrics::register(&registry)?;
-                let mail =
-                    crate::mail::Mail::bind(settings.clone(), &config.data_dir, table.clone(), sessions.clone(), metrics)
-                        .await?;
+                let mail = crate::mail::Mail::bind(
+                    settings.clone(),
+                    &config.data_dir,
+                    table.clone(),
+                    sessions.clone(),
+                    metrics,
+                )
+                .await?;
                 Some(mail)
             }
             None => None,

@@ -289,7 +289,8 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let file: FileConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
-        let invalid = |key: &str, reason: String| ConfigError::Invalid { path: path.into(), key: key.to_string(), reason };
+        let invalid =
+            |key: &str, reason: String| ConfigError::Invalid { path: path.into(), key: key.to_string(), reason };
         let data_dir = file.edge.data_dir;
         let sqlite_path = data_dir.join(&file.store.path);
         let etcd = file.store.etcd.map(FileEtcd::validate).transpose().map_err(|(key, reason)| invalid(key, reason))?;

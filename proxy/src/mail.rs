@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use routing_table::{Backend, BackendState, Table};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{watch, Notify};
 
 use crate::limits::Limits;
 use crate::sessions::Sessions;
@@ -339,9 +339,12 @@ impl Client {
     /// STARTTLS towards the backend, once its dialogue said go.
     async fn upstream_tls(&self, conn: Conn, backend: &Backend) -> Result<Conn, std::io::Error> {
         let timeout = self.shared.settings.upstream_connect_timeout;
-        tokio::time::timeout(timeout, conn.connect_tls(self.shared.client_tls(&backend.name), upstream::server_name(backend)))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "backend TLS handshake timed out"))?
+        tokio::time::timeout(
+            timeout,
+            conn.connect_tls(self.shared.client_tls(&backend.name), upstream::server_name(backend)),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "backend TLS handshake timed out"))?
     }
 
     /// After a successful login: registers the session, relays to the end,

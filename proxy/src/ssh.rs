@@ -193,7 +193,8 @@ impl Shared {
             known_hosts::KnownHosts::open(&dir.join("known_hosts"), settings.trust_on_first_use).map_err(keys_err)?;
         let server = Arc::new(session::server_config(&settings, &keys));
         let client = Arc::new(upstream::client_config(&settings));
-        let limits = crate::limits::Limits::new(settings.max_connections_per_ip, settings.max_failed_logins_per_ip_per_minute);
+        let limits =
+            crate::limits::Limits::new(settings.max_connections_per_ip, settings.max_failed_logins_per_ip_per_minute);
         Ok(Shared { settings, server, client, table, keys, known, limits, sessions, metrics })
     }
 }

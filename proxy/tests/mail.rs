@@ -407,7 +407,9 @@ print(json.dumps(out))
     assert_eq!(out["sub_unknown"], 535);
     let b1 = w.smtp[0].messages();
     let b2 = w.smtp[1].messages();
-    let on = |msgs: &[Value], text: &str| msgs.iter().filter(|m| m["data"].as_str().unwrap().contains(text)).cloned().collect::<Vec<_>>();
+    let on = |msgs: &[Value], text: &str| {
+        msgs.iter().filter(|m| m["data"].as_str().unwrap().contains(text)).cloned().collect::<Vec<_>>()
+    };
     // Submission: each user's message went to their backend, with the
     // client's address (XCLIENT on b1, PROXY v2 on b2 over STARTTLS).
     let alice = on(&b1, "submitted by alice");
@@ -453,7 +455,12 @@ print(json.dumps(out))
         .args(["--from", "s@remote.example", "--to", "alice@a.example", "--body", "sent by swaks"])
         .output()
         .expect("swaks");
-    assert!(swaks.status.success(), "{}{}", String::from_utf8_lossy(&swaks.stdout), String::from_utf8_lossy(&swaks.stderr));
+    assert!(
+        swaks.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&swaks.stdout),
+        String::from_utf8_lossy(&swaks.stderr)
+    );
     let b1 = w.smtp[0].messages();
     assert_eq!(on(&b1, "sent by swaks").len(), 1);
 }
@@ -542,7 +549,7 @@ async fn ldap_plugin_checks_passwords_and_routes_users_the_table_lacks() {
         &[("carol", "carol-pw", Some("b2")), ("alice", "alice-pw", None), ("dave", "dave-pw", None)],
     );
     let auth = format!(
-        "max_failed_logins_per_ip_per_minute = 4\n\
+        "max_failed_logins_per_ip_per_minute = 3\n\
          [mail.auth]\nkind = \"ldap\"\nurl = \"{}\"\nbase = \"ou=people,{}\"\nfilter = \"(uid={{user}})\"\n\
          route_attribute = \"mailHost\"\ncache_secs = 30\n",
         slapd.url,
@@ -562,9 +569,9 @@ def login(user, pw):
 out["carol"] = login("carol", "carol-pw")       # not in the table: LDAP's mailHost
 out["alice"] = login("alice", "alice-pw")       # in the table and LDAP
 out["alice_wrong"] = login("alice", "wrong")    # refused by LDAP, no backend asked
-out["injection"] = login("*)(uid=*", "x")       # filter-escaped: no match
+out["injection"] = login('"*)(uid=*"', "x")     # filter-escaped: no match
 out["empty"] = login("alice", "")               # an unauthenticated bind is no login
-out["dave"] = login("dave", "dave-pw")          # 4th failure: now rate limited
+out["dave"] = login("dave", "dave-pw")          # after 3 failures: rate limited
 print(json.dumps(out))
 "#,
     );
@@ -608,10 +615,7 @@ async fn a_preauth_greeting_is_never_relayed_and_limits_hold() {
             std::thread::sleep(Duration::from_millis(200));
         }
     });
-    let w = World::start(&format!(
-        "max_connections_per_ip = 3\n[mail.backends.b3]\nimap_port = {fake_port}\n"
-    ))
-    .await;
+    let w = World::start(&format!("max_connections_per_ip = 3\n[mail.backends.b3]\nimap_port = {fake_port}\n")).await;
     let txn = json!({"ops": [
         {"op": "put", "entity": {"kind": "backend", "name": "b3", "addresses": ["127.0.0.33"]}},
         {"op": "put", "entity": {"kind": "mail_login", "user": "pre", "backend": "b3"}},

@@ -103,7 +103,9 @@ impl Ldap {
         let attrs: Vec<&str> = self.config.route_attribute.iter().map(String::as_str).collect();
         let attrs = if attrs.is_empty() { vec!["1.1"] } else { attrs };
         let (base, scope, filter) = match (&self.config.user_dn, &self.config.base, &self.config.filter) {
-            (Some(dn), ..) => (dn.replace("{user}", &ldap3::dn_escape(user)), Scope::Base, "(objectClass=*)".to_string()),
+            (Some(dn), ..) => {
+                (dn.replace("{user}", &ldap3::dn_escape(user)), Scope::Base, "(objectClass=*)".to_string())
+            }
             (None, Some(base), Some(filter)) => {
                 (base.clone(), Scope::Subtree, filter.replace("{user}", &ldap3::ldap_escape(user)))
             }

@@ -258,7 +258,10 @@ impl MailConfig {
             listen.extend(addrs.iter().map(|&addr| Listen { addr, protocol, implicit_tls }));
         }
         if listen.is_empty() {
-            return err("imap", "no listener: give at least one of imap, imaps, pop3, pop3s, submission, submissions, mx");
+            return err(
+                "imap",
+                "no listener: give at least one of imap, imaps, pop3, pop3s, submission, submissions, mx",
+            );
         }
         if !(5..=600).contains(&self.login_timeout_secs) {
             return err("login_timeout_secs", "must be between 5 and 600");
@@ -314,9 +317,12 @@ impl MailConfig {
 }
 
 fn check_ports(section: &str, u: &Upstream) -> Result<(), (String, String)> {
-    for (key, port) in
-        [("imap_port", u.imap_port), ("pop3_port", u.pop3_port), ("submission_port", u.submission_port), ("mx_port", u.mx_port)]
-    {
+    for (key, port) in [
+        ("imap_port", u.imap_port),
+        ("pop3_port", u.pop3_port),
+        ("submission_port", u.submission_port),
+        ("mx_port", u.mx_port),
+    ] {
         if port == 0 {
             return Err((format!("mail.{section}.{key}"), "must not be 0".into()));
         }

@@ -1,8 +1,8 @@
 //! After login: bytes both ways, unparsed, until either side closes, the
 //! session is idle too long, or it is kicked.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

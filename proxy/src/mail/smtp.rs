@@ -10,7 +10,7 @@ use super::config::{ClientAddress, UpstreamTls};
 use super::io::{Conn, LineError};
 use super::parse::data::DataFilter;
 use super::parse::sasl::{self, Credentials, SaslError};
-use super::parse::smtp::{self, Command, xtext};
+use super::parse::smtp::{self, xtext, Command};
 use super::{Client, Refusal, Route};
 
 const UPSTREAM_LINE: usize = 8192;
@@ -108,7 +108,8 @@ async fn open_upstream(client: &Client, route: &Route, helo: &str) -> Result<Con
         if upstream.client_address == ClientAddress::Native {
             if ehlo.has_keyword("XCLIENT") {
                 let (ip, port) = (client.peer.ip().to_string(), client.peer.port().to_string());
-                let line = format!("XCLIENT ADDR={} PORT={} HELO={} PROTO=ESMTP", xtext(&ip), xtext(&port), xtext(helo));
+                let line =
+                    format!("XCLIENT ADDR={} PORT={} HELO={} PROTO=ESMTP", xtext(&ip), xtext(&port), xtext(helo));
                 let said = ask(&mut up, &line).await?;
                 if said.code != 220 {
                     return Err(LineError::unexpected("XCLIENT reply", said.wire().as_bytes()));
@@ -396,12 +397,16 @@ pub(super) async fn serve_mx(client: &Client, mut conn: Conn) -> Result<(), Line
             }
             Command::Rcpt { .. } if tx.from.is_none() => conn.send(b"503 5.5.1 Need MAIL command\r\n").await?,
             Command::Rcpt { to, params } => {
-                let reply = recipient(client, &mut tx, &mut upstream, helo.as_deref().unwrap_or(""), &to, &params).await;
+                let reply =
+                    recipient(client, &mut tx, &mut upstream, helo.as_deref().unwrap_or(""), &to, &params).await;
                 conn.send(reply.as_bytes()).await?;
             }
             Command::Data if tx.backend.is_none() => {
-                let text: &[u8] =
-                    if tx.from.is_none() { b"503 5.5.1 Need MAIL command\r\n" } else { b"554 5.5.1 No valid recipients\r\n" };
+                let text: &[u8] = if tx.from.is_none() {
+                    b"503 5.5.1 Need MAIL command\r\n"
+                } else {
+                    b"554 5.5.1 No valid recipients\r\n"
+                };
                 conn.send(text).await?;
             }
             Command::Data => {
@@ -471,7 +476,8 @@ async fn recipient(
         tx.mail_sent = false;
     }
     if upstream.is_none() {
-        let Some(addr) = super::upstream::address(&backend, client.shared.settings.upstream(&backend.name), client.protocol)
+        let Some(addr) =
+            super::upstream::address(&backend, client.shared.settings.upstream(&backend.name), client.protocol)
         else {
             count("unavailable");
             return format!("451 4.3.0 <{to}>: mail server unavailable; try again later\r\n");

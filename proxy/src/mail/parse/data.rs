@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn smuggling_attempts_do_not_end_the_data_and_cannot_end_it_upstream() {
-        for attempt in [&b"a\n.\nMAIL FROM:<x@y>\r\n"[..], b"a\r\n.\nRSET\r\n", b"a\n.\r\nRSET\r\n", b"a\r.\rRSET\r\n"] {
+        for attempt in [&b"a\n.\nMAIL FROM:<x@y>\r\n"[..], b"a\r\n.\nRSET\r\n", b"a\n.\r\nRSET\r\n", b"a\r.\rRSET\r\n"]
+        {
             let (out, used, done) = run(attempt);
             assert!(!done, "{:?}", String::from_utf8_lossy(attempt));
             assert_eq!(used, attempt.len());

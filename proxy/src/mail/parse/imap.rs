@@ -24,10 +24,16 @@ pub enum Command {
     StartTls,
     /// `ID`; its parameters are ignored (the edge sends its own upstream).
     Id,
-    Login { user: Vec<u8>, password: Vec<u8> },
+    Login {
+        user: Vec<u8>,
+        password: Vec<u8>,
+    },
     /// `AUTHENTICATE mechanism [initial-response]`; the mechanism is
     /// upper-cased, the response is still base64 (`=` is an empty one).
-    Authenticate { mechanism: String, initial: Option<Vec<u8>> },
+    Authenticate {
+        mechanism: String,
+        initial: Option<Vec<u8>>,
+    },
     /// Anything else, upper-cased: answered "log in first".
     Other(String),
 }
@@ -111,7 +117,9 @@ pub fn parse(buf: &[u8]) -> Step {
             _ => return bad("LOGIN takes two arguments"),
         },
         "AUTHENTICATE" => match tokens.as_slice() {
-            [Token::Atom(mechanism)] => Command::Authenticate { mechanism: mechanism.to_ascii_uppercase(), initial: None },
+            [Token::Atom(mechanism)] => {
+                Command::Authenticate { mechanism: mechanism.to_ascii_uppercase(), initial: None }
+            }
             [Token::Atom(mechanism), Token::Atom(initial)] => Command::Authenticate {
                 mechanism: mechanism.to_ascii_uppercase(),
                 initial: Some(initial.clone().into_bytes()),
@@ -236,7 +244,8 @@ fn scan(buf: &[u8], mut pos: usize) -> Scan {
                 after_literal = true;
             }
             _ if is_atom_char(b) || b == b']' || b == b'%' || b == b'*' => {
-                let len = buf[pos..].iter().take_while(|&&c| is_atom_char(c) || c == b']' || c == b'%' || c == b'*').count();
+                let len =
+                    buf[pos..].iter().take_while(|&&c| is_atom_char(c) || c == b']' || c == b'%' || c == b'*').count();
                 tokens.push(Token::Atom(String::from_utf8_lossy(&buf[pos..pos + len]).into_owned()));
                 pos += len;
                 if !matches!(buf.get(pos), None | Some(b' ' | b'\r' | b')' | b'(')) {

@@ -13,7 +13,10 @@ pub enum Command {
     /// `PASS password`: the rest of the line (passwords may hold spaces).
     Pass(Vec<u8>),
     /// `AUTH mechanism [initial-response]`; mechanism upper-cased.
-    Auth { mechanism: String, initial: Option<Vec<u8>> },
+    Auth {
+        mechanism: String,
+        initial: Option<Vec<u8>>,
+    },
     Quit,
     Noop,
     /// Anything else, upper-cased.

@@ -1,8 +1,8 @@
 //! SASL PLAIN (RFC 4616) and LOGIN credentials, shared by IMAP, POP3 and
 //! SMTP submission.
 
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 
 /// A user name and password from the client. `Debug` hides the password.
 #[derive(Clone, PartialEq, Eq)]

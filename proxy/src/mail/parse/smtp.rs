@@ -14,12 +14,21 @@ pub enum Command {
     Helo(String),
     StartTls,
     /// `AUTH mechanism [initial-response]`; mechanism upper-cased.
-    Auth { mechanism: String, initial: Option<String> },
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
     /// `MAIL FROM:<path> [params]`: the address (empty for `<>`) and the
     /// parameters as written.
-    Mail { from: String, params: String },
+    Mail {
+        from: String,
+        params: String,
+    },
     /// `RCPT TO:<path> [params]`.
-    Rcpt { to: String, params: String },
+    Rcpt {
+        to: String,
+        params: String,
+    },
     Data,
     Bdat,
     Rset,
