@@ -406,6 +406,45 @@ mod tests {
     }
 
     #[test]
+    fn mail_section_defaults_overrides_and_errors_name_the_key() {
+        let c = parse(
+            "[mail]\nimap = [\"127.0.0.1:1143\"]\nmx = [\"127.0.0.1:2525\"]\n\
+             [mail.upstream]\ntls = \"starttls\"\n[mail.backends.MOSH40]\nclient_address = \"proxy\"\nimap_port = 1143\n",
+        )
+        .unwrap();
+        let mail = c.mail.unwrap();
+        assert_eq!(mail.listen.len(), 2);
+        assert_eq!(mail.idle_timeout, std::time::Duration::from_secs(31 * 60));
+        let default = mail.upstream("mosh12");
+        assert_eq!((default.imap_port, default.mx_port), (143, 25));
+        assert_eq!(default.tls, crate::mail::config::UpstreamTls::Starttls);
+        let b = mail.upstream("mosh40");
+        assert_eq!(b.tls, crate::mail::config::UpstreamTls::Starttls, "inherited from [mail.upstream]");
+        assert_eq!(b.client_address, crate::mail::config::ClientAddress::Proxy);
+        assert_eq!((b.imap_port, b.pop3_port), (1143, 110));
+        assert!(mail.auth.is_none(), "pass-through by default");
+        let ldap = "[mail.auth]\nkind = \"ldap\"\nurl = \"ldap://127.0.0.1\"\n";
+        for (text, key) in [
+            ("", "mail.imap"),
+            ("imap = [\"127.0.0.1:1\"]\nidle_timeout_secs = 600", "mail.idle_timeout_secs"),
+            ("imap = [\"127.0.0.1:1\"]\nlogin_timeout_secs = 0", "mail.login_timeout_secs"),
+            ("imap = [\"127.0.0.1:1\"]\ncert_file = \"c.pem\"", "mail.cert_file"),
+            ("imap = [\"127.0.0.1:1\"]\nmax_connections_per_ip = 0", "mail.max_connections_per_ip"),
+            ("imap = [\"127.0.0.1:1\"]\n[mail.backends.b1]\nmx_port = 0", "mail.backends.b1.mx_port"),
+            ("imap = [\"127.0.0.1:1\"]\n[mail.auth]\nkind = \"ldap\"\nurl = \"http://x\"\nuser_dn = \"uid={user}\"", "mail.auth.url"),
+            (&format!("imap = [\"127.0.0.1:1\"]\n{ldap}"), "mail.auth.user_dn"),
+            (&format!("imap = [\"127.0.0.1:1\"]\n{ldap}user_dn = \"uid=x\""), "mail.auth.user_dn"),
+            (&format!("imap = [\"127.0.0.1:1\"]\n{ldap}base = \"dc=x\"\nfilter = \"(uid=x)\""), "mail.auth.filter"),
+            (&format!("imap = [\"127.0.0.1:1\"]\n{ldap}user_dn = \"uid={{user}}\"\nbind_dn = \"cn=x\""), "mail.auth.bind_dn"),
+        ] {
+            let e = parse(&format!("[mail]\n{text}\n")).unwrap_err();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+        let e = parse("[mail]\nimap = [\"127.0.0.1:1\"]\n[mail.upstream]\ntls = \"maybe\"\n").unwrap_err();
+        assert!(e.contains("maybe"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = parse("[control]\nsockets = \"x\"\n").unwrap_err();
         assert!(e.contains("unknown field `sockets`"), "{e}");

@@ -22,8 +22,13 @@ use proxy::control::client::Client;
 use serde_json::{json, Value};
 use support::{eventually, EdgeProcess};
 
-const USERS: [(&str, &str); 4] =
-    [("alice", "alice-pw"), ("bob", "bob pw \"quoted\""), ("carol", "carol-pw"), ("pre", "pre-pw")];
+const USERS: [(&str, &str); 5] = [
+    ("alice", "alice-pw"),
+    ("bob", "bob pw \"quoted\""),
+    ("carol", "carol-pw"),
+    ("dan", "dan-pw"),
+    ("pre", "pre-pw"),
+];
 
 struct Ports {
     imap: u16,
@@ -77,8 +82,9 @@ impl World {
                 "[edge]\ndata_dir = \"{d}/var\"\n[store]\nseed = \"\"\n[control]\nsocket = \"{d}/var/control.sock\"\n\
                  [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"info\"\n\
                  [mail]\nhostname = \"mail.test\"\nimap = {}\nimaps = {}\npop3 = {}\npop3s = {}\n\
-                 submission = {}\nsubmissions = {}\nmx = {}\nlogin_timeout_secs = 20\n{extra}\n\
-                 [mail.backends.b1]\n{}\n[mail.backends.b2]\ntls = \"starttls\"\nclient_address = \"proxy\"\n{}",
+                 submission = {}\nsubmissions = {}\nmx = {}\n{}{extra}\n\
+                 [mail.backends.b1]\n{}\n[mail.backends.b2]\ntls = \"starttls\"\nclient_address = \"proxy\"\n{}\n\
+                 [mail.backends.b1tls]\ntls = \"tls\"\nimap_port = {}\npop3_port = {}\n",
                 l(ports.imap),
                 l(ports.imaps),
                 l(ports.pop3),
@@ -86,8 +92,11 @@ impl World {
                 l(ports.submission),
                 l(ports.submissions),
                 l(ports.mx),
+                if extra.contains("login_timeout_secs") { "" } else { "login_timeout_secs = 20\n" },
                 backend(0),
                 backend(1),
+                dovecot[0].imaps_port,
+                dovecot[0].pop3s_port,
                 d = d.display(),
             ),
         )
@@ -102,6 +111,9 @@ impl World {
             {"op": "put", "entity": {"kind": "member", "name": "m"}},
             {"op": "put", "entity": {"kind": "mail_login", "user": "alice", "member": "m", "backend": "b1"}},
             {"op": "put", "entity": {"kind": "mail_login", "user": "bob", "backend": "b2"}},
+            // b1's Dovecot again, through its implicit-TLS ports.
+            {"op": "put", "entity": {"kind": "backend", "name": "b1tls", "addresses": ["127.0.0.31"]}},
+            {"op": "put", "entity": {"kind": "mail_login", "user": "dan", "backend": "b1tls"}},
             {"op": "put", "entity": {"kind": "mail_domain", "domain": "a.example", "member": "m", "backend": "b1",
                 "overrides": {"bob": "b2"}}},
         ]});
@@ -203,6 +215,14 @@ m = imaplib.IMAP4_SSL("localhost", IMAPS, ssl_context=CTX)
 out["authenticate"] = m.authenticate("PLAIN", lambda _: b"\0alice\0alice-pw")[0]
 out["after_auth_count"] = int(m.select("INBOX")[1][0])
 m.logout()
+
+m = imaplib.IMAP4_SSL("localhost", IMAPS, ssl_context=CTX)
+out["dan_login"] = m.login("dan", "dan-pw")[0]
+m.logout()
+p = poplib.POP3_SSL("localhost", POP3S, context=CTX)
+p.user("dan")
+out["dan_pop"] = p.pass_("dan-pw").decode()
+p.quit()
 
 for user, pw in [("alice", "wrong"), ("nobody", "x")]:
     m = imaplib.IMAP4_SSL("localhost", IMAPS, ssl_context=CTX)
@@ -313,6 +333,15 @@ print(json.dumps(out))
     let bob_port = format!("rport={}", out["bob_port"]);
     assert!(b2.lines().any(|l| l.contains("user=<bob>") && l.contains(&bob_port)), "b2 log:\n{b2}");
     assert!(b2.contains("TLS"), "b2 was reached over STARTTLS:\n{b2}");
+    // dan's backend is b1's implicit-TLS ports (which speak nothing else).
+    assert_eq!(s("dan_login"), "OK", "{out}");
+    assert!(s("dan_pop").starts_with("+OK"), "{out}");
+    // (Dovecot's log process writes a moment later.)
+    eventually(5, "dan's TLS login in b1's log", || async {
+        let b1 = w.dovecot[0].log_text();
+        b1.lines().any(|l| l.contains("imap-login: Info: Login: user=<dan>") && l.ends_with("TLS")).then_some(())
+    })
+    .await;
     // Sessions and metrics.
     let metrics = metrics(&w);
     let ok = metrics.lines().find(|l| l.starts_with("edge_mail_logins_total{protocol=\"imap\",result=\"ok\"}"));
@@ -615,7 +644,9 @@ async fn a_preauth_greeting_is_never_relayed_and_limits_hold() {
             std::thread::sleep(Duration::from_millis(200));
         }
     });
-    let w = World::start(&format!("max_connections_per_ip = 3\n[mail.backends.b3]\nimap_port = {fake_port}\n")).await;
+    let w = World::start(&format!(
+        "max_connections_per_ip = 3\nlogin_timeout_secs = 5\n[mail.backends.b3]\nimap_port = {fake_port}\n"
+    )).await;
     let txn = json!({"ops": [
         {"op": "put", "entity": {"kind": "backend", "name": "b3", "addresses": ["127.0.0.33"]}},
         {"op": "put", "entity": {"kind": "mail_login", "user": "pre", "backend": "b3"}},
@@ -636,6 +667,15 @@ try:
     out["fourth"] = t.recv(100).decode()
 except (ssl.SSLError, ConnectionError, OSError) as e:
     out["fourth"] = "closed"
+for x in extra:
+    x.sock.close()
+# Silent after the greeting: closed when the 5 s login time is over.
+r.sock.close()
+r = Raw(IMAP)
+start = time.time()
+r.sock.settimeout(30)
+out["silent_closed"] = r.closed()
+out["silent_after"] = time.time() - start
 print(json.dumps(out))
 "#,
     );
@@ -644,4 +684,41 @@ print(json.dumps(out))
     assert!(pre[0].starts_with("a NO [UNAVAILABLE]"), "{pre:?}");
     assert!(out["after"][0].as_str().unwrap().starts_with("b OK"), "still not logged in, session alive: {out}");
     assert!(out["fourth"] == "closed" || out["fourth"] == "", "{out}");
+    assert_eq!(out["silent_closed"], true);
+    let after = out["silent_after"].as_f64().unwrap();
+    assert!((4.0..15.0).contains(&after), "closed after the login timeout: {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_plugin_binds_as_the_user_with_a_dn_template() {
+    use proxy::mail::auth::{AuthPlugin, Ldap, Verdict};
+    use proxy::mail::config::LdapConfig;
+    use proxy::mail::parse::sasl::Credentials;
+    let dir = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(dir.path(), &[("carol", "carol-pw", Some("b2")), ("o'neil,x", "on-pw", None)]);
+    let config = LdapConfig {
+        url: slapd.url.clone(),
+        user_dn: Some(format!("uid={{user}},ou=people,{}", mail::LDAP_BASE)),
+        base: None,
+        filter: None,
+        bind_dn: None,
+        bind_password_file: None,
+        route_attribute: Some("mailHost".into()),
+        cache_secs: 60,
+        timeout_ms: 2000,
+    };
+    let ldap = Ldap::new(config).unwrap();
+    let creds = |u: &str, p: &str| Credentials { user: u.into(), password: p.as_bytes().to_vec() };
+    assert_eq!(ldap.check(&creds("carol", "carol-pw")).await, Verdict::Accepted);
+    assert_eq!(ldap.check(&creds("carol", "wrong")).await, Verdict::Rejected);
+    assert_eq!(ldap.check(&creds("carol", "")).await, Verdict::Rejected);
+    assert_eq!(ldap.check(&creds("nobody", "x")).await, Verdict::Rejected);
+    // A DN-special character in the name is escaped, not interpreted.
+    assert_eq!(ldap.check(&creds("o'neil,x", "on-pw")).await, Verdict::Accepted);
+    assert_eq!(ldap.route("carol").await.as_deref(), Some("b2"));
+    // Cached: the directory going away does not change a recent answer...
+    drop(slapd);
+    assert_eq!(ldap.route("carol").await.as_deref(), Some("b2"));
+    // ...but a login check needs it, and fails as unavailable.
+    assert!(matches!(ldap.check(&creds("carol", "carol-pw")).await, Verdict::Unavailable(_)));
 }

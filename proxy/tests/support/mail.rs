@@ -56,6 +56,9 @@ pub struct Dovecot {
     pub ip: String,
     pub imap_port: u16,
     pub pop3_port: u16,
+    /// TLS from the first byte.
+    pub imaps_port: u16,
+    pub pop3s_port: u16,
     pub mail: PathBuf,
     pub log: PathBuf,
     child: Child,
@@ -76,6 +79,7 @@ impl Dovecot {
         std::fs::write(d.join("passwd"), passwd).unwrap();
         let (cert, key) = cert(&d, name);
         let (imap_port, pop3_port) = (free_port(ip), free_port(ip));
+        let (imaps_port, pop3s_port) = (free_port(ip), free_port(ip));
         let log = d.join("dovecot.log");
         let haproxy = if proxy_protocol { "haproxy = yes" } else { "" };
         let conf = format!(
@@ -112,7 +116,8 @@ service imap-login {{
     {haproxy}
   }}
   inet_listener imaps {{
-    port = 0
+    port = {imaps_port}
+    ssl = yes
   }}
 }}
 service pop3-login {{
@@ -121,7 +126,8 @@ service pop3-login {{
     {haproxy}
   }}
   inet_listener pop3s {{
-    port = 0
+    port = {pop3s_port}
+    ssl = yes
   }}
 }}
 "#,
@@ -144,7 +150,8 @@ service pop3-login {{
             .expect("dovecot (Debian packages dovecot-imapd, dovecot-pop3d)");
         wait_port(ip, imap_port, "dovecot imap", &log);
         wait_port(ip, pop3_port, "dovecot pop3", &log);
-        Dovecot { name: name.into(), ip: ip.into(), imap_port, pop3_port, mail, log, child }
+        wait_port(ip, imaps_port, "dovecot imaps", &log);
+        Dovecot { name: name.into(), ip: ip.into(), imap_port, pop3_port, imaps_port, pop3s_port, mail, log, child }
     }
 
     pub fn log_text(&self) -> String {
@@ -267,8 +274,9 @@ impl Slapd {
              dn: ou=people,{LDAP_BASE}\nobjectClass: organizationalUnit\nou: people\n\n"
         );
         for (uid, password, host) in people {
+            let rdn = uid.replace(',', "\\,");
             ldif.push_str(&format!(
-                "dn: uid={uid},ou=people,{LDAP_BASE}\nobjectClass: inetOrgPerson\nobjectClass: inetLocalMailRecipient\n\
+                "dn: uid={rdn},ou=people,{LDAP_BASE}\nobjectClass: inetOrgPerson\nobjectClass: inetLocalMailRecipient\n\
                  uid: {uid}\ncn: {uid}\nsn: {uid}\nmail: {uid}@example.org\nuserPassword: {password}\n"
             ));
             if let Some(h) = host {

@@ -130,7 +130,12 @@ sub.start()
 mx.start()
 print("ready", flush=True)
 try:
-    sys.stdin.read()  # runs until the test closes stdin (or kills it)
+    if os.environ.get("SMTP_BACKEND_FOREVER"):
+        import signal
+
+        signal.pause()  # until killed (scripts/demo-mail.sh stop)
+    else:
+        sys.stdin.read()  # until the test closes stdin (or kills it)
 finally:
     sub.stop()
     mx.stop()
