@@ -105,7 +105,11 @@ pub fn parse_line(line: &[u8]) -> Result<Command, &'static str> {
 /// `FROM:<a@b> params` → (`a@b`, `params`). A source route (`@x,@y:`) is
 /// dropped; the address must be `local@domain` (or empty).
 fn path(rest: &str, keyword: &str) -> Result<(String, String), &'static str> {
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    // Compared as bytes: the client's text may put a multi-byte character
+    // across the keyword's end, where a `str` slice would panic.
+    let matches =
+        rest.as_bytes().get(..keyword.len()).is_some_and(|head| head.eq_ignore_ascii_case(keyword.as_bytes()));
+    if !matches {
         return Err("syntax: MAIL FROM:<address> or RCPT TO:<address>");
     }
     let rest = rest[keyword.len()..].trim_start_matches(' ');
@@ -171,6 +175,10 @@ mod tests {
         for bad in [&b"RCPT TO:<>"[..], b"RCPT TO:bob@c", b"MAIL FROM:<a>", b"EHLO", b"DATA now", b"MAIL <a@b>"] {
             assert!(parse_line(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+        // Found by cargo-fuzz: a multi-byte character across the end of
+        // `TO:` once made the parser slice inside it and panic.
+        assert!(parse_line("RCPT AR\u{0705}TP  ".as_bytes()).is_err());
+        assert!(parse_line("MAIL F\u{00e9}:<a@b>".as_bytes()).is_err());
         let long_auth = format!("AUTH PLAIN {}", "A".repeat(12_000));
         assert!(parse_line(long_auth.as_bytes()).is_ok(), "AUTH lines may be long (RFC 4954)");
         let long_mail = format!("MAIL FROM:<{}@b>", "a".repeat(600));
@@ -187,6 +195,11 @@ mod tests {
         #[test]
         fn never_panics(line in proptest::collection::vec(any::<u8>(), 0..700)) {
             let _ = parse_line(&line);
+        }
+
+        #[test]
+        fn never_panics_on_text_after_a_verb(verb in "(MAIL|RCPT|AUTH|EHLO) ", rest in "\\PC{0,40}") {
+            let _ = parse_line(format!("{verb}{rest}").as_bytes());
         }
 
         #[test]
