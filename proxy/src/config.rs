@@ -431,11 +431,17 @@ mod tests {
             ("imap = [\"127.0.0.1:1\"]\ncert_file = \"c.pem\"", "mail.cert_file"),
             ("imap = [\"127.0.0.1:1\"]\nmax_connections_per_ip = 0", "mail.max_connections_per_ip"),
             ("imap = [\"127.0.0.1:1\"]\n[mail.backends.b1]\nmx_port = 0", "mail.backends.b1.mx_port"),
-            ("imap = [\"127.0.0.1:1\"]\n[mail.auth]\nkind = \"ldap\"\nurl = \"http://x\"\nuser_dn = \"uid={user}\"", "mail.auth.url"),
+            (
+                "imap = [\"127.0.0.1:1\"]\n[mail.auth]\nkind = \"ldap\"\nurl = \"http://x\"\nuser_dn = \"uid={user}\"",
+                "mail.auth.url",
+            ),
             (&format!("imap = [\"127.0.0.1:1\"]\n{ldap}"), "mail.auth.user_dn"),
             (&format!("imap = [\"127.0.0.1:1\"]\n{ldap}user_dn = \"uid=x\""), "mail.auth.user_dn"),
             (&format!("imap = [\"127.0.0.1:1\"]\n{ldap}base = \"dc=x\"\nfilter = \"(uid=x)\""), "mail.auth.filter"),
-            (&format!("imap = [\"127.0.0.1:1\"]\n{ldap}user_dn = \"uid={{user}}\"\nbind_dn = \"cn=x\""), "mail.auth.bind_dn"),
+            (
+                &format!("imap = [\"127.0.0.1:1\"]\n{ldap}user_dn = \"uid={{user}}\"\nbind_dn = \"cn=x\""),
+                "mail.auth.bind_dn",
+            ),
         ] {
             let e = parse(&format!("[mail]\n{text}\n")).unwrap_err();
             assert!(e.contains(&format!("`{key}`")), "{text}: {e}");

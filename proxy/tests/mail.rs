@@ -22,13 +22,8 @@ use proxy::control::client::Client;
 use serde_json::{json, Value};
 use support::{eventually, EdgeProcess};
 
-const USERS: [(&str, &str); 5] = [
-    ("alice", "alice-pw"),
-    ("bob", "bob pw \"quoted\""),
-    ("carol", "carol-pw"),
-    ("dan", "dan-pw"),
-    ("pre", "pre-pw"),
-];
+const USERS: [(&str, &str); 5] =
+    [("alice", "alice-pw"), ("bob", "bob pw \"quoted\""), ("carol", "carol-pw"), ("dan", "dan-pw"), ("pre", "pre-pw")];
 
 struct Ports {
     imap: u16,
@@ -646,7 +641,8 @@ async fn a_preauth_greeting_is_never_relayed_and_limits_hold() {
     });
     let w = World::start(&format!(
         "max_connections_per_ip = 3\nlogin_timeout_secs = 5\n[mail.backends.b3]\nimap_port = {fake_port}\n"
-    )).await;
+    ))
+    .await;
     let txn = json!({"ops": [
         {"op": "put", "entity": {"kind": "backend", "name": "b3", "addresses": ["127.0.0.33"]}},
         {"op": "put", "entity": {"kind": "mail_login", "user": "pre", "backend": "b3"}},
