@@ -1,7 +1,8 @@
 //! The routes the load test owns: backends `lt-b<i>` (each with its own
 //! loopback address, so an answer names its backend), and members `lt-m<i>`,
-//! each with a database, a site and an SFTP/SSH login `lt-u<i>`. All names start with `lt-`/`lt_`, so a
-//! run against a live edge touches nothing else.
+//! each with a database, a site, an SFTP/SSH login `lt-u<i>` and a mailbox
+//! login `lt-x<i>`. All names start with `lt-`/`lt_`, so a run against a
+//! live edge touches nothing else.
 
 use std::net::Ipv4Addr;
 
@@ -45,7 +46,11 @@ impl Fixture {
         format!("lt-u{i}")
     }
 
-    /// Whether a ledger route is a database (the others are SSH logins).
+    pub fn mail_user(&self, i: usize) -> String {
+        format!("lt-x{i}")
+    }
+
+    /// Whether a ledger route is a database (the others are logins).
     pub fn is_database(&self, route: &str) -> bool {
         route.starts_with("lt_m") && route.ends_with("_db")
     }
@@ -77,6 +82,8 @@ impl Fixture {
                 "hosts": [format!("m{m}.lt.test")], "backends": [{"backend": b}]}}));
             ops.push(json!({"op": "put", "entity": {"kind": "sftp_login", "user": self.sftp_user(m),
                 "member": self.member(m), "backend": b}}));
+            ops.push(json!({"op": "put", "entity": {"kind": "mail_login", "user": self.mail_user(m),
+                "member": self.member(m), "backend": b}}));
         }
         json!({"comment": "loadtest fixture", "ops": ops})
     }
@@ -98,6 +105,7 @@ mod tests {
         let applied = routing_table::transaction::apply(&routing_table::Snapshot::empty(), &txn).unwrap();
         assert_eq!(applied.snapshot.counts().databases, 3);
         assert_eq!(applied.snapshot.counts().sftp_logins, 3);
+        assert_eq!(applied.snapshot.counts().mail_logins, 3);
         assert_eq!(f.backend_index("lt-b7"), Some(7));
         assert_eq!(f.backend_index("lt-b8"), None);
         assert!(f.is_database(&f.database(2)) && !f.is_database(&f.sftp_user(2)));

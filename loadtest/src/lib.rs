@@ -12,6 +12,7 @@
 
 pub mod dns;
 pub mod fixture;
+pub mod imap;
 pub mod ledger;
 pub mod moves;
 pub mod report;
@@ -57,6 +58,10 @@ pub struct Options {
     pub ssh_rate: u32,
     /// SSH logins in flight at most.
     pub ssh_concurrency: usize,
+    /// IMAP logins per second, in all (0: no IMAP load).
+    pub imap_rate: u32,
+    /// IMAP logins in flight at most.
+    pub imap_concurrency: usize,
 }
 
 impl Default for Options {
@@ -74,6 +79,8 @@ impl Default for Options {
             dns: None,
             ssh_rate: 40,
             ssh_concurrency: 8,
+            imap_rate: 100,
+            imap_concurrency: 8,
         }
     }
 }
@@ -87,6 +94,9 @@ pub struct Live {
     pub ssh_requests: AtomicU64,
     pub ssh_failed: AtomicU64,
     pub ssh_misrouted: AtomicU64,
+    pub imap_requests: AtomicU64,
+    pub imap_failed: AtomicU64,
+    pub imap_misrouted: AtomicU64,
     pub moves: AtomicU64,
 }
 
@@ -109,6 +119,9 @@ struct Target {
     zone: String,
     /// The SSH forwarder's address and the port it reaches backends on.
     ssh: Option<(std::net::SocketAddr, u16)>,
+    /// The mail forwarder's implicit-TLS IMAP address and the IMAP port it
+    /// reaches backends on.
+    imap: Option<(std::net::SocketAddr, u16)>,
     /// Set when the edge runs in this process: how to stop it.
     own: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>, tempfile::TempDir)>,
 }
@@ -119,28 +132,38 @@ async fn target(opts: &Options) -> anyhow::Result<Target> {
         let dns = config.dns.as_ref().and_then(|d| dns::pick(&d.listen));
         let zone = config.dns.as_ref().map_or("mayfirst.local".into(), |d| zone_name(&d.zone.origin));
         let ssh = config.ssh.as_ref().and_then(|s| Some((*s.listen.first()?, s.upstream_port)));
+        let imap = config.mail.as_ref().and_then(|m| {
+            let listen =
+                m.listen.iter().find(|l| l.protocol == proxy::mail::config::Protocol::Imap && l.implicit_tls)?;
+            Some((listen.addr, m.upstream.imap_port))
+        });
         return Ok(Target {
             description: format!("edge at {}", config.control.socket.display()),
             client: Client::new(&config.control.socket),
             dns,
             zone,
             ssh,
+            imap,
             own: None,
         });
     }
     let upstream = identity_port(opts.backends)?;
+    let imap_upstream = identity_port(opts.backends)?;
     let dir = tempfile::tempdir()?;
     let d = dir.path().display();
     let text = format!(
         "[edge]\ndata_dir = \"{d}/var\"\n[store]\nseed = \"\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n\
          [dns]\nlisten = [\"127.0.0.1:0\"]\nudp_sockets = 1\n\
          [ssh]\nlisten = [\"127.0.0.1:0\"]\nupstream_port = {upstream}\nmax_connections_per_ip = 10000\n\
-         max_failed_logins_per_ip_per_minute = 1000000\n"
+         max_failed_logins_per_ip_per_minute = 1000000\n\
+         [mail]\nimaps = [\"127.0.0.1:0\"]\nmax_connections_per_ip = 10000\n\
+         max_failed_logins_per_ip_per_minute = 1000000\n[mail.upstream]\nimap_port = {imap_upstream}\n"
     );
     let config = Config::parse(&dir.path().join("edge.toml"), &text)?;
     let edge = Edge::start(&config).await.context("starting the edge under test")?;
     let dns = dns::pick(edge.dns_addrs());
     let ssh = edge.ssh_addrs().first().map(|a| (*a, upstream));
+    let imap = edge.mail_addrs().iter().find(|(p, tls, _)| *p == "imap" && *tls).map(|(_, _, a)| (*a, imap_upstream));
     let client = Client::new(edge.control_path());
     let (stop, shutdown) = watch::channel(false);
     let (_reload_tx, reload) = watch::channel(None);
@@ -154,12 +177,13 @@ async fn target(opts: &Options) -> anyhow::Result<Target> {
         dns,
         zone: "mayfirst.local".into(),
         ssh,
+        imap,
         own: Some((stop, task, dir)),
     })
 }
 
-/// A port free on every fixture backend address, for the identity SSH
-/// backends (the edge reaches them all on one `upstream_port`).
+/// A port free on every fixture backend address, for the identity SSH or
+/// IMAP backends (the edge reaches them all on one port).
 fn identity_port(backends: usize) -> anyhow::Result<u16> {
     let f = Fixture { backends, members: 1 };
     for _ in 0..100 {
@@ -195,10 +219,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     for m in 0..fixture.members {
         ledger.add(&fixture.database(m), fixture.initial_backend(m));
         ledger.add(&fixture.sftp_user(m), fixture.initial_backend(m));
+        ledger.add(&fixture.mail_user(m), fixture.initial_backend(m));
     }
     // The identity SSH backends, where the edge sends the logins.
     let ssh = match target.ssh.filter(|_| opts.ssh_rate > 0) {
         Some((edge, port)) => Some((edge, ssh::Identity::start(&fixture, port).await?)),
+        None => None,
+    };
+    let imap = match target.imap.filter(|_| opts.imap_rate > 0) {
+        Some((edge, port)) => Some((edge, imap::Identity::start(&fixture, port).await?)),
         None => None,
     };
     let live = Arc::new(Live::default());
@@ -222,6 +251,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     });
     let ssh_task = ssh.as_ref().map(|(edge, _)| {
         let load = ssh::SshLoad { edge: *edge, rate: opts.ssh_rate, concurrency: opts.ssh_concurrency.max(1) };
+        tokio::spawn(load.run(shared.clone()))
+    });
+    let imap_task = imap.as_ref().map(|(edge, _)| {
+        let load = imap::ImapLoad { edge: *edge, rate: opts.imap_rate, concurrency: opts.imap_concurrency.max(1) };
         tokio::spawn(load.run(shared.clone()))
     });
     let mover = moves::Mover {
@@ -280,6 +313,27 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         None => drop(protocols.insert("ssh".into(), ProtoReport::Absent { reason: ssh_absent.into() })),
     }
     drop(ssh);
+    let imap_absent = match (&target.imap, opts.imap_rate) {
+        (None, _) => "the target edge has no [mail] imaps listener",
+        (Some(_), 0) => "--imap-rate 0",
+        _ => "",
+    };
+    match imap_task {
+        Some(task) => {
+            let s = task.await.context("imap task")?;
+            protocols.insert(
+                "imap".into(),
+                ProtoReport::Measured {
+                    requests: s.requests,
+                    failed: s.failed,
+                    misrouted: s.misrouted,
+                    latency: Percentiles::of(&s.latency),
+                },
+            );
+        }
+        None => drop(protocols.insert("imap".into(), ProtoReport::Absent { reason: imap_absent.into() })),
+    }
+    drop(imap);
     if let Some(p) = progress {
         p.abort();
         eprintln!();
@@ -298,7 +352,7 @@ async fn progress_line(live: Arc<Live>, started: Instant, total: Duration) {
         tick.tick().await;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         eprint!(
-            "\r[{:>4.0}/{:.0} s] dns {} ({} failed, {} misrouted)  ssh {} ({} failed, {} misrouted)  moves {}   ",
+            "\r[{:>4.0}/{:.0} s] dns {} ({} failed, {} misrouted)  ssh {} ({} failed, {} misrouted)  imap {} ({} failed, {} misrouted)  moves {}   ",
             started.elapsed().as_secs_f64(),
             total.as_secs_f64(),
             l(&live.dns_requests),
@@ -307,6 +361,9 @@ async fn progress_line(live: Arc<Live>, started: Instant, total: Duration) {
             l(&live.ssh_requests),
             l(&live.ssh_failed),
             l(&live.ssh_misrouted),
+            l(&live.imap_requests),
+            l(&live.imap_failed),
+            l(&live.imap_misrouted),
             l(&live.moves)
         );
     }

@@ -26,6 +26,12 @@ struct Cli {
     /// SSH logins in flight at most.
     #[arg(long, default_value_t = 8)]
     ssh_concurrency: usize,
+    /// IMAP logins per second through the edge's mail forwarder (0: none).
+    #[arg(long, default_value_t = 100)]
+    imap_rate: u32,
+    /// IMAP logins in flight at most.
+    #[arg(long, default_value_t = 8)]
+    imap_concurrency: usize,
     /// Moves per second (site moves, member moves, evacuations).
     #[arg(long, default_value_t = 15.0)]
     move_rate: f64,
@@ -69,6 +75,8 @@ async fn main() -> std::process::ExitCode {
         dns: cli.dns,
         ssh_rate: cli.ssh_rate,
         ssh_concurrency: cli.ssh_concurrency,
+        imap_rate: cli.imap_rate,
+        imap_concurrency: cli.imap_concurrency,
     };
     let report = match loadtest::run(opts).await {
         Ok(r) => r,

@@ -1,6 +1,6 @@
 //! Moves during the load, through the control socket as an admin makes
 //! them: site moves, member moves (every route of the member), backend
-//! evacuations. Each database and SSH login move is entered in the ledger
+//! evacuations. Each database, SSH login and mail login move is entered in the ledger
 //! when sent and marked when acknowledged; the answer's change list is
 //! checked against what the ledger expected.
 
@@ -113,7 +113,7 @@ impl Mover {
             }
             Kind::Member => {
                 let m = rng.below(f.members);
-                let (db, user) = (f.database(m), f.sftp_user(m));
+                let (db, user, mail) = (f.database(m), f.sftp_user(m), f.mail_user(m));
                 let result = async {
                     let current = lock()?.current(&db).ok_or("unknown database")?;
                     let to = other(rng, f.backends, current);
@@ -121,7 +121,8 @@ impl Mover {
                         let mut l = lock()?;
                         let db_index = l.sent(&db, to, sent).ok_or("unknown database")?;
                         let user_index = l.sent(&user, to, sent).ok_or("unknown sftp login")?;
-                        [(db.clone(), db_index, to), (user.clone(), user_index, to)]
+                        let mail_index = l.sent(&mail, to, sent).ok_or("unknown mail login")?;
+                        [(db.clone(), db_index, to), (user.clone(), user_index, to), (mail.clone(), mail_index, to)]
                     };
                     let answer =
                         self.post(&format!("/v1/members/{}/move", f.member(m)), json!({ "to": f.backend(to) })).await;
@@ -167,7 +168,8 @@ fn other(rng: &mut Rng, backends: usize, not: usize) -> usize {
 }
 
 /// Marks the ledger's moves acknowledged if the edge's change list moved
-/// exactly those databases and SSH logins there; otherwise withdraws them.
+/// exactly those databases, SSH and mail logins there; otherwise withdraws
+/// them.
 fn settle(
     mut ledger: std::sync::MutexGuard<'_, Ledger>,
     f: &Fixture,
@@ -184,7 +186,7 @@ fn settle(
             return Err(e);
         }
     };
-    // Where each moved database (its server) and SSH login (its backend) went.
+    // Where each moved database (its server) and login (its backend) went.
     let servers: BTreeMap<String, String> = body["changes"]
         .as_array()
         .into_iter()
@@ -192,7 +194,7 @@ fn settle(
         .filter_map(|c| {
             let to = match c["kind"].as_str()? {
                 "database" => c["after"]["server"].as_str()?,
-                "sftp_login" => c["after"]["backend"].as_str()?,
+                "sftp_login" | "mail_login" => c["after"]["backend"].as_str()?,
                 _ => return None,
             };
             Some((c["name"].as_str()?.to_string(), to.to_string()))

@@ -85,7 +85,10 @@ async fn prometheus_scrapes_the_table_metrics() {
 /// (a renamed metric would otherwise leave an empty panel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_dashboard_queries_exposed_series() {
-    let edge = TestEdge::start("[dns]\nlisten = [\"127.0.0.1:0\"]\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n").await;
+    let edge = TestEdge::start(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n[mail]\nimap = [\"127.0.0.1:0\"]\nmx = [\"127.0.0.1:0\"]\n",
+    )
+    .await;
     // One query over TCP, so the DNS series have a sample (the TCP recorder
     // flushes when the connection ends).
     let dns = edge.dns.unwrap();
