@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -371,9 +371,4 @@ impl Client {
             secs = start.elapsed().as_secs(), "mail session ended"
         );
     }
-}
-
-/// The data directory's mail subfolder (certificate).
-pub fn dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("mail")
 }
