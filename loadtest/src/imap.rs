@@ -7,21 +7,18 @@
 //! like an SSH login.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::fixture::Fixture;
-use crate::ledger::Verdict;
-use crate::report::{record, ProtoStats};
-use crate::rng::Rng;
-use crate::Shared;
+use crate::logins::{self, Login};
+use crate::report::ProtoStats;
+use crate::{Live, Shared};
 
 /// The password every identity backend accepts.
 pub const PASSWORD: &str = "loadtest";
-const TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_COMMAND: usize = 16 * 1024;
 
 /// IMAP servers on every fixture backend address, each naming itself.
@@ -136,7 +133,6 @@ pub struct ImapLoad {
 
 impl ImapLoad {
     pub async fn run(self, shared: Shared) -> ProtoStats {
-        let period = Duration::from_secs_f64(self.concurrency as f64 / f64::from(self.rate.max(1)));
         let tls = match proxy::mail::tls::client_config(None) {
             Ok(c) => tokio_rustls::TlsConnector::from(c),
             Err(e) => {
@@ -144,71 +140,30 @@ impl ImapLoad {
                 return ProtoStats::default();
             }
         };
-        let mut workers = Vec::new();
-        for w in 0..self.concurrency {
-            let (shared, tls, edge) = (shared.clone(), tls.clone(), self.edge);
-            let offset = period.mul_f64(w as f64 / self.concurrency as f64);
-            let mut rng = Rng::new(shared.seed ^ 0x1a2b ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            workers.push(tokio::spawn(async move { worker(edge, tls, offset, period, &shared, &mut rng).await }));
-        }
-        let mut stats = ProtoStats::default();
-        for w in workers {
-            if let Ok(s) = w.await {
-                stats.merge(&s);
-            }
-        }
-        stats
+        logins::run(ImapLogin { edge: self.edge, tls }, self.rate, self.concurrency, 0x1a2b, shared).await
     }
 }
 
-async fn worker(
+#[derive(Clone)]
+struct ImapLogin {
     edge: SocketAddr,
     tls: tokio_rustls::TlsConnector,
-    offset: Duration,
-    period: Duration,
-    shared: &Shared,
-    rng: &mut Rng,
-) -> ProtoStats {
-    let Shared { fixture, ledger, live, stop, .. } = shared;
-    let mut stats = ProtoStats::default();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let user = fixture.mail_user(rng.below(fixture.members));
-        stats.requests += 1;
-        live.imap_requests.fetch_add(1, Ordering::Relaxed);
-        let start = Instant::now();
-        let answer = tokio::time::timeout(TIMEOUT, login(edge, &tls, &user)).await;
-        let end = Instant::now();
-        let backend = match answer {
-            Ok(Ok(name)) => fixture.backend_index(&name),
-            Ok(Err(e)) => {
-                tracing::warn!(%user, error = %e, "imap login failed");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(%user, "imap login timed out");
-                None
-            }
-        };
-        let Some(backend) = backend else {
-            stats.failed += 1;
-            live.imap_failed.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        record(&mut stats.latency, end - start);
-        match ledger.lock().ok().and_then(|l| l.judge(&user, start, end, backend)) {
-            Some(Verdict::Correct) => {}
-            Some(Verdict::Misrouted { expected }) => {
-                stats.misrouted += 1;
-                live.imap_misrouted.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%user, got = backend, expected, "imap login misrouted");
-            }
-            None => stats.failed += 1,
-        }
+}
+
+impl Login for ImapLogin {
+    const PROTOCOL: &'static str = "imap";
+
+    fn user(fixture: &Fixture, m: usize) -> String {
+        fixture.mail_user(m)
     }
-    stats
+
+    fn counters(live: &Live) -> [&AtomicU64; 3] {
+        [&live.imap_requests, &live.imap_failed, &live.imap_misrouted]
+    }
+
+    async fn login(&self, user: &str) -> Result<String, String> {
+        login(self.edge, &self.tls, user).await
+    }
 }
 
 /// Logs in as `user` through the edge; returns the backend name in the

@@ -14,6 +14,7 @@ pub mod dns;
 pub mod fixture;
 pub mod imap;
 pub mod ledger;
+pub mod logins;
 pub mod moves;
 pub mod report;
 pub mod rng;

@@ -7,9 +7,9 @@
 //! the request (routing happens at authentication, after it).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::PrivateKey;
@@ -17,14 +17,12 @@ use russh::server::{Auth, Msg, Session};
 use russh::{client, server, Channel, ChannelId, ChannelMsg};
 
 use crate::fixture::Fixture;
-use crate::ledger::Verdict;
-use crate::report::{record, ProtoStats};
-use crate::rng::Rng;
-use crate::Shared;
+use crate::logins::{self, Login};
+use crate::report::ProtoStats;
+use crate::{Live, Shared};
 
 /// The password every identity backend accepts.
 pub const PASSWORD: &str = "loadtest";
-const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The identity backends' host key: fixed, so that an edge that pinned it
 /// in an earlier run (trust on first use) accepts it again.
@@ -138,75 +136,31 @@ pub struct SshLoad {
 
 impl SshLoad {
     pub async fn run(self, shared: Shared) -> ProtoStats {
-        let period = Duration::from_secs_f64(self.concurrency as f64 / f64::from(self.rate.max(1)));
         let config = Arc::new(client::Config { nodelay: true, ..client::Config::default() });
-        let mut workers = Vec::new();
-        for w in 0..self.concurrency {
-            let (shared, config, edge) = (shared.clone(), config.clone(), self.edge);
-            // Spread the workers' first ticks over one period.
-            let offset = period.mul_f64(w as f64 / self.concurrency as f64);
-            let mut rng = Rng::new(shared.seed ^ 0x55aa ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            workers.push(tokio::spawn(async move { worker(edge, config, offset, period, &shared, &mut rng).await }));
-        }
-        let mut stats = ProtoStats::default();
-        for w in workers {
-            if let Ok(s) = w.await {
-                stats.merge(&s);
-            }
-        }
-        stats
+        logins::run(SshLogin { edge: self.edge, config }, self.rate, self.concurrency, 0x55aa, shared).await
     }
 }
 
-/// One worker's logins at its share of the rate, until the stop flag.
-async fn worker(
+#[derive(Clone)]
+struct SshLogin {
     edge: SocketAddr,
     config: Arc<client::Config>,
-    offset: Duration,
-    period: Duration,
-    shared: &Shared,
-    rng: &mut Rng,
-) -> ProtoStats {
-    let Shared { fixture, ledger, live, stop, .. } = shared;
-    let mut stats = ProtoStats::default();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let user = fixture.sftp_user(rng.below(fixture.members));
-        let start = Instant::now();
-        stats.requests += 1;
-        live.ssh_requests.fetch_add(1, Ordering::Relaxed);
-        let answer = tokio::time::timeout(TIMEOUT, login(edge, config.clone(), &user)).await;
-        let end = Instant::now();
-        let backend = match answer {
-            Ok(Ok(name)) => fixture.backend_index(&name),
-            Ok(Err(e)) => {
-                tracing::warn!(%user, error = %e, "ssh login failed");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(%user, "ssh login timed out");
-                None
-            }
-        };
-        let Some(backend) = backend else {
-            stats.failed += 1;
-            live.ssh_failed.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        record(&mut stats.latency, end - start);
-        match ledger.lock().ok().and_then(|l| l.judge(&user, start, end, backend)) {
-            Some(Verdict::Correct) => {}
-            Some(Verdict::Misrouted { expected }) => {
-                stats.misrouted += 1;
-                live.ssh_misrouted.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%user, got = backend, expected, "ssh login misrouted");
-            }
-            None => stats.failed += 1,
-        }
+}
+
+impl Login for SshLogin {
+    const PROTOCOL: &'static str = "ssh";
+
+    fn user(fixture: &Fixture, m: usize) -> String {
+        fixture.sftp_user(m)
     }
-    stats
+
+    fn counters(live: &Live) -> [&AtomicU64; 3] {
+        [&live.ssh_requests, &live.ssh_failed, &live.ssh_misrouted]
+    }
+
+    async fn login(&self, user: &str) -> Result<String, String> {
+        login(self.edge, self.config.clone(), user).await
+    }
 }
 
 /// Logs in as `user` through the edge and runs `backend`; returns what it
