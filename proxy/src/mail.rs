@@ -43,7 +43,7 @@ pub use config::{MailConfig, Settings};
 pub use metrics::MailMetrics;
 
 use config::{Listen, Protocol};
-use io::{Conn, Stream};
+use io::{Conn, LineError, Stream};
 use parse::sasl::Credentials;
 
 /// Could not start the mail listeners.
@@ -252,6 +252,10 @@ pub(crate) struct Route {
     pub addr: SocketAddr,
 }
 
+/// A session its pre-auth dialogue logged in: the client's connection, the
+/// backend's, the user and where it went.
+type LoggedIn = (Conn, Conn, String, Route);
+
 impl Client {
     fn label(&self) -> &'static str {
         self.protocol.label()
@@ -263,6 +267,47 @@ impl Client {
         if result == "failed" {
             self.shared.limits.failed(self.peer.ip());
         }
+    }
+
+    /// Runs a protocol's pre-auth dialogue under the login timeout, then
+    /// relays the session if it logged in. A client that runs out of time
+    /// is closed without a word.
+    async fn serve_preauth(
+        &self,
+        preauth: impl std::future::Future<Output = Result<Option<LoggedIn>, LineError>>,
+    ) -> Result<(), LineError> {
+        let logged_in = match tokio::time::timeout(self.shared.settings.login_timeout, preauth).await {
+            Ok(result) => result?,
+            Err(_) => return Ok(()),
+        };
+        if let Some((conn, upstream, user, route)) = logged_in {
+            self.relay(&user, &route.backend, conn, upstream).await;
+        }
+        Ok(())
+    }
+
+    /// Routes a login, connects to its backend and replays the login there
+    /// with `dialogue` (the protocol's side of it), which returns the
+    /// backend's connection and its answer.
+    async fn login_upstream<A>(
+        &self,
+        credentials: &Credentials,
+        dialogue: impl AsyncFnOnce(Conn, &Route) -> Result<(Conn, A), LineError>,
+    ) -> Result<(Conn, A, Route), Refusal> {
+        let route = self.route(credentials).await?;
+        let upstream = self.connect(&route).await?;
+        match dialogue(upstream, &route).await {
+            Ok((conn, answer)) => Ok((conn, answer, route)),
+            Err(e) => Err(self.dialogue_failed(&route, &e)),
+        }
+    }
+
+    /// A backend broke its side of the dialogue: counted, logged, and a
+    /// temporary failure for the client.
+    fn dialogue_failed(&self, route: &Route, error: &LineError) -> Refusal {
+        self.outcome("upstream_error");
+        tracing::warn!(protocol = self.label(), backend = %route.backend.name, %error, "mail: backend dialogue failed");
+        Refusal::Unavailable("mailbox server unavailable".into())
     }
 
     /// Checks the credentials with the plug-in and finds the backend: the

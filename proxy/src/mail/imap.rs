@@ -5,7 +5,7 @@ use super::config::{ClientAddress, UpstreamTls};
 use super::io::{Conn, LineError};
 use super::parse::imap::{self, Command, Step};
 use super::parse::sasl::{self, Credentials, SaslError};
-use super::{Client, Refusal, Route};
+use super::{Client, LoggedIn, Refusal, Route};
 
 /// Longest line read from a backend before login (capability lists).
 const UPSTREAM_LINE: usize = 64 * 1024;
@@ -22,15 +22,7 @@ struct Answer {
 }
 
 pub(super) async fn serve(client: &Client, conn: Conn) -> Result<(), LineError> {
-    let timeout = client.shared.settings.login_timeout;
-    let logged_in = match tokio::time::timeout(timeout, preauth(client, conn)).await {
-        Ok(result) => result?,
-        Err(_) => return Ok(()),
-    };
-    if let Some((conn, upstream, user, route)) = logged_in {
-        client.relay(&user, &route.backend, conn, upstream).await;
-    }
-    Ok(())
+    client.serve_preauth(preauth(client, conn)).await
 }
 
 fn capabilities(tls: bool) -> &'static str {
@@ -40,8 +32,6 @@ fn capabilities(tls: bool) -> &'static str {
         "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS LOGINDISABLED"
     }
 }
-
-type LoggedIn = (Conn, Conn, String, Route);
 
 async fn preauth(client: &Client, mut conn: Conn) -> Result<Option<LoggedIn>, LineError> {
     let host = &client.shared.settings.hostname;
@@ -168,16 +158,7 @@ async fn preauth(client: &Client, mut conn: Conn) -> Result<Option<LoggedIn>, Li
 
 /// Routes, connects, and replays the login upstream.
 async fn login(client: &Client, credentials: &Credentials) -> Result<(Conn, Answer, Route), Refusal> {
-    let route = client.route(credentials).await?;
-    let upstream = client.connect(&route).await?;
-    match backend_login(client, upstream, &route, credentials).await {
-        Ok((conn, answer)) => Ok((conn, answer, route)),
-        Err(e) => {
-            client.outcome("upstream_error");
-            tracing::warn!(backend = %route.backend.name, error = %e, "imap: backend dialogue failed");
-            Err(Refusal::Unavailable("mailbox server unavailable".into()))
-        }
-    }
+    client.login_upstream(credentials, async |up, route| backend_login(client, up, route, credentials).await).await
 }
 
 async fn backend_login(

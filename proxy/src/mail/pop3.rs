@@ -6,24 +6,14 @@ use super::io::{Conn, LineError};
 use super::parse::pop3::{self, Command};
 use super::parse::sasl::{self, Credentials, SaslError};
 use super::parse::smtp::xtext;
-use super::{Client, Refusal, Route};
+use super::{Client, LoggedIn, Refusal, Route};
 
 const UPSTREAM_LINE: usize = 8192;
 const SASL_LINE: usize = 12_288;
 
 pub(super) async fn serve(client: &Client, conn: Conn) -> Result<(), LineError> {
-    let timeout = client.shared.settings.login_timeout;
-    let logged_in = match tokio::time::timeout(timeout, preauth(client, conn)).await {
-        Ok(result) => result?,
-        Err(_) => return Ok(()),
-    };
-    if let Some((conn, upstream, user, route)) = logged_in {
-        client.relay(&user, &route.backend, conn, upstream).await;
-    }
-    Ok(())
+    client.serve_preauth(preauth(client, conn)).await
 }
-
-type LoggedIn = (Conn, Conn, String, Route);
 
 async fn preauth(client: &Client, mut conn: Conn) -> Result<Option<LoggedIn>, LineError> {
     conn.send(format!("+OK {} ready.\r\n", client.shared.settings.hostname).as_bytes()).await?;
@@ -133,16 +123,7 @@ async fn preauth(client: &Client, mut conn: Conn) -> Result<Option<LoggedIn>, Li
 }
 
 async fn login(client: &Client, credentials: &Credentials) -> Result<(Conn, String, Route), Refusal> {
-    let route = client.route(credentials).await?;
-    let upstream = client.connect(&route).await?;
-    match backend_login(client, upstream, &route, credentials).await {
-        Ok((conn, answer)) => Ok((conn, answer, route)),
-        Err(e) => {
-            client.outcome("upstream_error");
-            tracing::warn!(backend = %route.backend.name, error = %e, "pop3: backend dialogue failed");
-            Err(Refusal::Unavailable("mailbox server unavailable".into()))
-        }
-    }
+    client.login_upstream(credentials, async |up, route| backend_login(client, up, route, credentials).await).await
 }
 
 async fn backend_login(

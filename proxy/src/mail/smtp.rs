@@ -11,7 +11,7 @@ use super::io::{Conn, LineError};
 use super::parse::data::DataFilter;
 use super::parse::sasl::{self, Credentials, SaslError};
 use super::parse::smtp::{self, xtext, Command};
-use super::{Client, Refusal, Route};
+use super::{Client, LoggedIn, Refusal, Route};
 
 const UPSTREAM_LINE: usize = 8192;
 /// Longest multi-line reply read from a backend.
@@ -125,28 +125,14 @@ async fn open_upstream(client: &Client, route: &Route, helo: &str) -> Result<Con
         Ok(up)
     }
     .await;
-    result.map_err(|e| {
-        client.outcome("upstream_error");
-        tracing::warn!(backend = %route.backend.name, error = %e, "smtp: backend dialogue failed");
-        Refusal::Unavailable("mail server unavailable".into())
-    })
+    result.map_err(|e| client.dialogue_failed(route, &e))
 }
 
 // ---------------------------------------------------------------- submission
 
 pub(super) async fn serve_submission(client: &Client, conn: Conn) -> Result<(), LineError> {
-    let timeout = client.shared.settings.login_timeout;
-    let logged_in = match tokio::time::timeout(timeout, submission_preauth(client, conn)).await {
-        Ok(result) => result?,
-        Err(_) => return Ok(()),
-    };
-    if let Some((conn, upstream, user, route)) = logged_in {
-        client.relay(&user, &route.backend, conn, upstream).await;
-    }
-    Ok(())
+    client.serve_preauth(submission_preauth(client, conn)).await
 }
-
-type LoggedIn = (Conn, Conn, String, Route);
 
 async fn submission_preauth(client: &Client, mut conn: Conn) -> Result<Option<LoggedIn>, LineError> {
     let host = client.shared.settings.hostname.clone();
