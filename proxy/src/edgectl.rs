@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -130,16 +130,8 @@ enum MemberCmd {
         /// Put databases on this server instead of --to.
         #[arg(long)]
         databases_to: Option<String>,
-        #[arg(long)]
-        dry_run: bool,
-        /// Then close the member's SSH and mail sessions still on the old
-        /// backend, so clients reconnect to the new one.
-        #[arg(long)]
-        kick: bool,
-        /// Hold the member's new logins (up to SECONDS) until the move is
-        /// committed.
-        #[arg(long, value_name = "SECONDS")]
-        hold: Option<u64>,
+        #[command(flatten)]
+        around: MoveFlags,
     },
 }
 
@@ -150,15 +142,8 @@ enum MailboxCmd {
         user: String,
         #[arg(long)]
         to: String,
-        #[arg(long)]
-        dry_run: bool,
-        /// Then close the user's mail sessions still on the old backend.
-        #[arg(long)]
-        kick: bool,
-        /// Hold the user's new logins (up to SECONDS) until the move is
-        /// committed.
-        #[arg(long, value_name = "SECONDS")]
-        hold: Option<u64>,
+        #[command(flatten)]
+        around: MoveFlags,
     },
 }
 
@@ -200,16 +185,34 @@ enum BackendCmd {
         name: String,
         #[arg(long)]
         to: String,
-        #[arg(long)]
-        dry_run: bool,
-        /// Then close the moved users' SSH and mail sessions on this backend.
-        #[arg(long)]
-        kick: bool,
-        /// Hold the moved users' new logins (up to SECONDS) until the move
-        /// is committed.
-        #[arg(long, value_name = "SECONDS")]
-        hold: Option<u64>,
+        #[command(flatten)]
+        around: MoveFlags,
     },
+}
+
+/// What every move of logins takes besides its target.
+#[derive(Args)]
+struct MoveFlags {
+    #[arg(long)]
+    dry_run: bool,
+    /// Then close the moved users' SSH and mail sessions still on the old
+    /// backend, so clients reconnect to the new one.
+    #[arg(long)]
+    kick: bool,
+    /// Hold the moved users' new logins (up to SECONDS) until the move is
+    /// committed.
+    #[arg(long, value_name = "SECONDS")]
+    hold: Option<u64>,
+}
+
+impl MoveFlags {
+    /// `body` with `dry_run`, `kick` and `hold_secs` added.
+    fn add_to(&self, mut body: serde_json::Value) -> serde_json::Value {
+        body["dry_run"] = json!(self.dry_run);
+        body["kick"] = json!(self.kick);
+        body["hold_secs"] = json!(self.hold);
+        body
+    }
 }
 
 /// Runs a parsed command; `Err` carries the message for stderr.
@@ -287,13 +290,12 @@ async fn call(client: &Client, config: &Path, command: Command) -> Result<(Answe
             let body = json!({ "to": to, "from": from, "dry_run": dry_run });
             (client.post(&format!("/v1/sites/{}/move", enc(&name)), &body).await.map_err(e)?, Style::Changes)
         }
-        Command::Member(MemberCmd::Move { name, to, databases_to, dry_run, kick, hold }) => {
-            let body =
-                json!({ "to": to, "databases_to": databases_to, "dry_run": dry_run, "kick": kick, "hold_secs": hold });
+        Command::Member(MemberCmd::Move { name, to, databases_to, around }) => {
+            let body = around.add_to(json!({ "to": to, "databases_to": databases_to }));
             (client.post(&format!("/v1/members/{}/move", enc(&name)), &body).await.map_err(e)?, Style::Changes)
         }
-        Command::Mailbox(MailboxCmd::Move { user, to, dry_run, kick, hold }) => {
-            let body = json!({ "to": to, "dry_run": dry_run, "kick": kick, "hold_secs": hold });
+        Command::Mailbox(MailboxCmd::Move { user, to, around }) => {
+            let body = around.add_to(json!({ "to": to }));
             (client.post(&format!("/v1/mailboxes/{}/move", enc(&user)), &body).await.map_err(e)?, Style::Changes)
         }
         Command::Backend(BackendCmd::Add { name, addresses, dry_run }) => {
@@ -312,8 +314,8 @@ async fn call(client: &Client, config: &Path, command: Command) -> Result<(Answe
             let body = json!({ "ops": [{ "op": "set_backend_state", "backend": name, "state": state }] });
             (client.post("/v1/transactions", &body).await.map_err(e)?, Style::Changes)
         }
-        Command::Backend(BackendCmd::Evacuate { name, to, dry_run, kick, hold }) => {
-            let body = json!({ "to": to, "dry_run": dry_run, "kick": kick, "hold_secs": hold });
+        Command::Backend(BackendCmd::Evacuate { name, to, around }) => {
+            let body = around.add_to(json!({ "to": to }));
             (client.post(&format!("/v1/backends/{}/evacuate", enc(&name)), &body).await.map_err(e)?, Style::Changes)
         }
         Command::Dns(DnsCmd::Import { file, zone, keep_ttl, dry_run }) => {
