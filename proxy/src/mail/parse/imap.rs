@@ -63,7 +63,9 @@ enum Token {
 enum Scan {
     Done(Vec<Token>, usize),
     More(Option<usize>),
-    Bad(&'static str),
+    /// Why, and where scanning stopped: the command is skipped up to the
+    /// first CRLF from there (past any literal it held).
+    Bad(&'static str, usize),
     Fatal(&'static str),
 }
 
@@ -76,7 +78,7 @@ pub fn parse(buf: &[u8]) -> Step {
     if buf.len() > MAX_COMMAND {
         return Step::Bad { tag: None, reason: "command too long", used: None };
     }
-    let skip_line = |tag: Option<String>, reason| match line_end {
+    let skip_line = |tag: Option<String>, reason, from: usize| match find_crlf(buf, from) {
         Some(end) => Step::Bad { tag, reason, used: Some(end + 2) },
         None => Step::More { continuation: None },
     };
@@ -86,19 +88,19 @@ pub fn parse(buf: &[u8]) -> Step {
         if line_end.is_none() && buf.len() <= tag_len {
             return Step::More { continuation: None };
         }
-        return skip_line(None, "Invalid tag");
+        return skip_line(None, "Invalid tag", 0);
     }
     let tag = String::from_utf8_lossy(&buf[..tag_len]).into_owned();
     let name_start = tag_len + 1;
     let name_len = buf[name_start..].iter().take_while(|&&b| is_atom_char(b)).count();
     if name_len == 0 {
-        return skip_line(Some(tag), "Missing command");
+        return skip_line(Some(tag), "Missing command", 0);
     }
     let name = String::from_utf8_lossy(&buf[name_start..name_start + name_len]).to_ascii_uppercase();
     let (tokens, used) = match scan(buf, name_start + name_len) {
         Scan::Done(tokens, used) => (tokens, used),
         Scan::More(continuation) => return Step::More { continuation },
-        Scan::Bad(reason) => return skip_line(Some(tag), reason),
+        Scan::Bad(reason, at) => return skip_line(Some(tag), reason, at),
         Scan::Fatal(reason) => return Step::Bad { tag: Some(tag), reason, used: None },
     };
     let bad = |reason| Step::Bad { tag: Some(tag.clone()), reason, used: Some(used) };
@@ -154,32 +156,32 @@ fn scan(buf: &[u8], mut pos: usize) -> Scan {
                 return match buf.get(pos + 1) {
                     None => Scan::More(None),
                     Some(b'\n') if depth == 0 => Scan::Done(tokens, pos + 2),
-                    Some(b'\n') => Scan::Bad("Unbalanced parentheses"),
-                    Some(_) => Scan::Bad("CR without LF"),
+                    Some(b'\n') => Scan::Bad("Unbalanced parentheses", pos),
+                    Some(_) => Scan::Bad("CR without LF", pos),
                 };
             }
             b' ' => {
                 after_literal = false;
                 pos += 1;
                 match buf.get(pos) {
-                    Some(b' ') => return Scan::Bad("Two spaces"),
-                    Some(b'\r') if depth == 0 => return Scan::Bad("Trailing space"),
+                    Some(b' ') => return Scan::Bad("Two spaces", pos),
+                    Some(b'\r') if depth == 0 => return Scan::Bad("Trailing space", pos),
                     _ => {}
                 }
                 continue;
             }
-            _ if after_literal && b != b')' => return Scan::Bad("A literal must be followed by SP or CRLF"),
+            _ if after_literal && b != b')' => return Scan::Bad("A literal must be followed by SP or CRLF", pos),
             b'(' => {
                 depth += 1;
                 if depth > 8 {
-                    return Scan::Bad("Lists nested too deep");
+                    return Scan::Bad("Lists nested too deep", pos);
                 }
                 tokens.push(Token::Open);
                 pos += 1;
             }
             b')' => {
                 if depth == 0 {
-                    return Scan::Bad("Unbalanced parentheses");
+                    return Scan::Bad("Unbalanced parentheses", pos);
                 }
                 depth -= 1;
                 tokens.push(Token::Close);
@@ -198,9 +200,9 @@ fn scan(buf: &[u8], mut pos: usize) -> Scan {
                                 value.push(c);
                                 pos += 2;
                             }
-                            Some(_) => return Scan::Bad("Bad escape in quoted string"),
+                            Some(_) => return Scan::Bad("Bad escape in quoted string", pos),
                         },
-                        Some(b'\r' | b'\n' | 0) => return Scan::Bad("CR, LF or NUL in quoted string"),
+                        Some(b'\r' | b'\n' | 0) => return Scan::Bad("CR, LF or NUL in quoted string", pos),
                         Some(&c) => {
                             value.push(c);
                             pos += 1;
@@ -220,7 +222,7 @@ fn scan(buf: &[u8], mut pos: usize) -> Scan {
                 match (buf.get(end), buf.get(end + 1), buf.get(end + 2)) {
                     (None, ..) | (Some(b'}'), None, _) | (Some(b'}'), Some(b'\r'), None) => return Scan::More(None),
                     (Some(b'}'), Some(b'\r'), Some(b'\n')) if digits > 0 => {}
-                    _ => return Scan::Bad("Bad literal"),
+                    _ => return Scan::Bad("Bad literal", pos),
                 }
                 if digits > 5 {
                     return Scan::Fatal("Literal too big");
@@ -249,10 +251,10 @@ fn scan(buf: &[u8], mut pos: usize) -> Scan {
                 tokens.push(Token::Atom(String::from_utf8_lossy(&buf[pos..pos + len]).into_owned()));
                 pos += len;
                 if !matches!(buf.get(pos), None | Some(b' ' | b'\r' | b')' | b'(')) {
-                    return Scan::Bad("Bad character in atom");
+                    return Scan::Bad("Bad character in atom", pos);
                 }
             }
-            _ => return Scan::Bad("Bad character"),
+            _ => return Scan::Bad("Bad character", pos),
         }
     }
 }
@@ -349,7 +351,11 @@ mod tests {
         assert_eq!(bad(b"a LOGIN alice\r\nb NOOP\r\n"), Some(15));
         assert_eq!(bad(b"a LOGIN  alice x\r\n"), Some(18));
         assert_eq!(bad(b"+ NOOP\r\n"), Some(8));
-        assert_eq!(bad(b"a LOGIN {3}\r\nabcX\r\n"), Some(20), "only SP or CRLF after a literal");
+        // Skipped to the end of the command, past the literal: its bytes are
+        // never read as a command of their own.
+        assert_eq!(bad(b"a LOGIN {3}\r\nabcX\r\nb NOOP\r\n"), Some(19), "only SP or CRLF after a literal");
+        // A literal holding a command line: skipped with its command, not run.
+        assert_eq!(bad(b"a LOGIN {12}\r\nx STARTTLS\r\nX\r\n"), Some(29));
         assert_eq!(bad(b"a LOGIN {99999999999}\r\n"), None, "literal size overflow");
         assert_eq!(bad(b"a LOGIN {9000}\r\n"), None, "literal over the limit");
         assert_eq!(bad(&[b'a'; MAX_LINE + 1]), None, "line over the limit");
