@@ -258,6 +258,16 @@ r.starttls()
 r.send("d3 NOOP\r\n")
 out["after_injection"] = r.until("d3 ")
 
+# POP3 STLS with USER pipelined in plaintext: discarded, so after TLS a
+# PASS has no user to go with.
+r = Raw(POP3)
+r.send("STLS\r\nUSER alice\r\n")
+out["pop_stls"] = r.line()
+r.buf = b""
+r.starttls()
+r.send("PASS alice-pw\r\n")
+out["pop_after_injection"] = r.line()
+
 # POP3: STLS then USER/PASS; implicit TLS with AUTH PLAIN (SASL-IR).
 p = poplib.POP3("localhost", POP3)
 out["pop_caps_plain"] = sorted(p.capa())
@@ -283,6 +293,8 @@ print(json.dumps(out))
     );
     let s = |k: &str| out[k].as_str().unwrap_or_default().to_string();
     assert!(out["caps_plain"].to_string().contains("LOGINDISABLED"), "{out}");
+    assert!(s("pop_stls").starts_with("+OK"), "{out}");
+    assert!(s("pop_after_injection").starts_with("-ERR"), "the pipelined USER was discarded: {out}");
     assert!(s("plain_login").contains("LOGINDISABLED") || s("plain_login").contains("PRIVACYREQUIRED"), "{out}");
     assert_eq!(s("alice_login"), "OK");
     assert_eq!(out["alice_count"], 1);
@@ -373,6 +385,20 @@ out["alice_port"] = s.sock.getsockname()[1]
 s.sendmail("alice@a.example", ["friend@remote.example"], b"Subject: sub\r\n\r\nsubmitted by alice\r\n")
 s.quit()
 
+# STARTTLS with EHLO and AUTH pipelined in plaintext: discarded, so after
+# TLS neither has run; and the EHLO sent before TLS is forgotten.
+auth = "AUTH PLAIN " + base64.b64encode(b"\0alice\0alice-pw").decode() + "\r\n"
+r = Raw(SUB)
+r.send("EHLO injector.example\r\n"); r.until("250 ")
+r.send("STARTTLS\r\nEHLO injector.example\r\n" + auth)
+out["sub_starttls"] = r.line()
+r.buf = b""
+r.starttls()
+r.send("MAIL FROM:<alice@a.example>\r\n")
+out["sub_mail_after_injection"] = r.line()
+r.send(auth)
+out["sub_auth_after_injection"] = r.line()
+
 s = smtplib.SMTP_SSL("localhost", SUBS, context=CTX)
 s.ehlo("bobs.example")
 s.user, s.password = "bob", 'bob pw "quoted"'
@@ -418,9 +444,13 @@ r.send("QUIT\r\n"); r.line()
 print(json.dumps(out))
 "#,
     );
+    let s = |k: &str| out[k].as_str().unwrap_or_default().to_string();
     assert!(out["ehlo_plain"].get("starttls").is_some(), "{out}");
     assert!(out["ehlo_plain"].get("auth").is_none(), "no AUTH before TLS: {out}");
     assert_eq!(out["auth_plain_text"], 530, "{out}");
+    assert!(s("sub_starttls").starts_with("220"), "{out}");
+    assert!(s("sub_mail_after_injection").starts_with("530 5.7.0"), "the pipelined EHLO and AUTH never ran: {out}");
+    assert!(s("sub_auth_after_injection").starts_with("503 5.5.1"), "the EHLO before TLS forgotten: {out}");
     assert!(out["ehlo_tls"]["auth"].as_str().unwrap().contains("PLAIN"), "{out}");
     assert!(out["ehlo_tls"].get("chunking").is_none());
     assert_eq!(out["cancel"], 334);
