@@ -160,6 +160,7 @@ impl Edge {
         let admin = tokio::spawn(crate::admin::serve(self.admin, self.registry, shutdown.clone()));
         let dns = self.dns.map(|d| tokio::spawn(d.serve(shutdown.clone())));
         let ssh = self.ssh.map(|s| tokio::spawn(s.serve(shutdown.clone())));
+        let mail_tls = self.mail.as_ref().map(|m| m.tls());
         let mail = self.mail.map(|m| tokio::spawn(m.serve(shutdown.clone())));
         let reloader = tokio::spawn(async move {
             while reload.changed().await.is_ok() {
@@ -168,6 +169,14 @@ impl Edge {
                     notify_systemd(&[sd_notify::NotifyState::Reloading]);
                     access.store(Arc::new(config.control.access.clone()));
                     tracing::info!(path = %config.path.display(), "configuration reloaded: control allow-list");
+                    if let (Some(tls), Some(settings)) = (&mail_tls, &config.mail) {
+                        match tls.reload(settings) {
+                            Ok(()) => tracing::info!("configuration reloaded: mail certificate"),
+                            Err(e) => {
+                                tracing::error!(error = %e, "SIGHUP: mail certificate not reloaded; the old one stays")
+                            }
+                        }
+                    }
                     notify_systemd(&[sd_notify::NotifyState::Ready]);
                 }
             }

@@ -16,10 +16,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use routing_table::{Backend, BackendState, Table};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -61,7 +62,10 @@ pub enum BindError {
 /// What every connection shares.
 pub(crate) struct Shared {
     pub settings: Settings,
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The edge's certificate; swapped by [`MailTls::reload`] on SIGHUP.
+    server_tls: ArcSwap<rustls::ServerConfig>,
+    /// Where a self-signed certificate is kept when none is configured.
+    tls_dir: PathBuf,
     /// Client TLS towards backends: by backend name where its CA differs,
     /// else `default_tls`.
     tls_by_backend: HashMap<String, Arc<rustls::ClientConfig>>,
@@ -81,9 +85,7 @@ impl Shared {
         sessions: Arc<Sessions>,
         metrics: MailMetrics,
     ) -> Result<Shared, BindError> {
-        let names = vec![settings.hostname.clone(), "localhost".to_string()];
-        let server = tls::server_config(settings.cert_file.as_deref(), settings.key_file.as_deref(), dir, &names)
-            .map_err(BindError::Tls)?;
+        let server = server_tls(&settings, dir).map_err(BindError::Tls)?;
         let default_tls = tls::client_config(settings.upstream.ca_file.as_deref()).map_err(BindError::Tls)?;
         let mut tls_by_backend = HashMap::new();
         for (name, u) in &settings.backends {
@@ -97,7 +99,8 @@ impl Shared {
         };
         let limits = Limits::new(settings.max_connections_per_ip, settings.max_failed_logins_per_ip_per_minute);
         Ok(Shared {
-            acceptor: tokio_rustls::TlsAcceptor::from(server),
+            server_tls: ArcSwap::new(server),
+            tls_dir: dir.to_path_buf(),
             settings,
             tls_by_backend,
             default_tls,
@@ -111,6 +114,34 @@ impl Shared {
 
     fn client_tls(&self, backend: &str) -> &Arc<rustls::ClientConfig> {
         self.tls_by_backend.get(backend).unwrap_or(&self.default_tls)
+    }
+
+    /// TLS towards clients, with the certificate in force now.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.server_tls.load_full())
+    }
+}
+
+/// The server TLS config of `settings`' certificate (or the self-signed one
+/// kept in `dir`).
+fn server_tls(settings: &Settings, dir: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let names = vec![settings.hostname.clone(), "localhost".to_string()];
+    tls::server_config(settings.cert_file.as_deref(), settings.key_file.as_deref(), dir, &names)
+}
+
+/// Reloads the mail certificate of a running edge (SIGHUP).
+#[derive(Clone)]
+pub struct MailTls(Arc<Shared>);
+
+impl MailTls {
+    /// Reads the certificate and key that `settings` (the reloaded `[mail]`
+    /// section) names and serves them to new connections; sessions already
+    /// open keep theirs. On any error the certificate in force stays. Other
+    /// `[mail]` changes need a restart.
+    pub fn reload(&self, settings: &Settings) -> Result<(), String> {
+        let config = server_tls(settings, &self.0.tls_dir)?;
+        self.0.server_tls.store(config);
+        Ok(())
     }
 }
 
@@ -146,6 +177,11 @@ impl Mail {
     }
 
     /// Where each listener is bound: `(protocol label, implicit TLS, address)`.
+    /// A handle that reloads the certificate while the listeners serve.
+    pub fn tls(&self) -> MailTls {
+        MailTls(self.shared.clone())
+    }
+
     pub fn local_addrs(&self) -> Vec<(&'static str, bool, SocketAddr)> {
         self.addrs.iter().map(|(l, a)| (l.protocol.label(), l.implicit_tls, *a)).collect()
     }
@@ -200,7 +236,7 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr,
     let client = Client { shared: shared.clone(), protocol: listen.protocol, peer, local };
     let mut conn = Conn::new(Stream::Plain(tcp));
     if listen.implicit_tls {
-        conn = match tokio::time::timeout(shared.settings.login_timeout, conn.accept_tls(&shared.acceptor)).await {
+        conn = match tokio::time::timeout(shared.settings.login_timeout, conn.accept_tls(&shared.acceptor())).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 tracing::debug!(client = %peer, protocol = label, error = %e, "mail: TLS handshake failed");

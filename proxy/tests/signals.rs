@@ -1,5 +1,6 @@
 //! Signals on a real `edge` process: SIGHUP applies a new allow-list from
-//! the edited config file, ignores an invalid one, and SIGTERM stops cleanly.
+//! the edited config file, ignores an invalid one, and serves a renewed mail
+//! certificate; SIGTERM stops cleanly.
 
 #[path = "support/edge.rs"]
 mod support;
@@ -84,4 +85,55 @@ async fn tells_systemd_when_ready_and_stopping() {
     let n = notify.recv(&mut buf).expect("no STOPPING=1");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(edge.child.wait().unwrap().success());
+}
+
+/// SIGHUP serves a renewed mail certificate to new connections, and keeps
+/// the one in force when the new files are broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_a_renewed_mail_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cert, key) = (d.join("mail-cert.pem"), d.join("mail-key.pem"));
+    write_certificate(&cert, &key, "first.test");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = d.join("edge.toml");
+    let mail = format!(
+        "[mail]\nimaps = [\"127.0.0.1:{port}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&config, config_text(d, "") + &mail).unwrap();
+    let mut edge = EdgeProcess::spawn(&config, &d.join("var/control.sock"));
+    edge.ready().await;
+    assert!(served_names(port).contains("DNS:first.test"), "{}", served_names(port));
+
+    write_certificate(&cert, &key, "second.test");
+    signal(&edge, "-HUP");
+    eventually(10, "the renewed certificate", || async {
+        served_names(port).contains("DNS:second.test").then_some(())
+    })
+    .await;
+
+    // A broken certificate: not loaded; the renewed one stays, and so does edge.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    signal(&edge, "-HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(served_names(port).contains("DNS:second.test"), "{}", served_names(port));
+    assert!(edge.child.try_wait().unwrap().is_none(), "edge exited on a bad certificate");
+}
+
+fn write_certificate(cert: &std::path::Path, key: &std::path::Path, name: &str) {
+    let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    std::fs::write(key, made.signing_key.serialize_pem()).unwrap();
+    std::fs::write(cert, made.cert.pem()).unwrap();
+}
+
+/// The subjectAltName of the certificate the edge serves on `port`, as
+/// `openssl s_client` sees it.
+fn served_names(port: u16) -> String {
+    let script = format!(
+        "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().expect("openssl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -89,7 +89,7 @@ async fn preauth(client: &Client, mut conn: Conn) -> Result<Option<LoggedIn>, Li
             Command::StartTls => {
                 conn.send(format!("{tag} OK Begin TLS negotiation now.\r\n").as_bytes()).await?;
                 // Whatever was pipelined after STARTTLS is dropped here.
-                conn = conn.accept_tls(&client.shared.acceptor).await?;
+                conn = conn.accept_tls(&client.shared.acceptor()).await?;
                 continue;
             }
             Command::Login { .. } | Command::Authenticate { .. } if !conn.is_tls() => {

@@ -51,7 +51,7 @@ async fn preauth(client: &Client, mut conn: Conn) -> Result<Option<LoggedIn>, Li
             }
             Command::Stls => {
                 conn.send(b"+OK Begin TLS negotiation now.\r\n").await?;
-                conn = conn.accept_tls(&client.shared.acceptor).await?;
+                conn = conn.accept_tls(&client.shared.acceptor()).await?;
                 user = None;
                 continue;
             }

@@ -172,7 +172,7 @@ async fn submission_preauth(client: &Client, mut conn: Conn) -> Result<Option<Lo
             }
             Command::StartTls => {
                 conn.send(b"220 2.0.0 Ready to start TLS\r\n").await?;
-                conn = conn.accept_tls(&client.shared.acceptor).await?;
+                conn = conn.accept_tls(&client.shared.acceptor()).await?;
                 // RFC 3207: forget everything learnt before TLS.
                 helo = None;
                 continue;
@@ -368,7 +368,7 @@ pub(super) async fn serve_mx(client: &Client, mut conn: Conn) -> Result<(), Line
             Command::StartTls if conn.is_tls() => conn.send(b"503 5.5.1 TLS already active\r\n").await?,
             Command::StartTls => {
                 conn.send(b"220 2.0.0 Ready to start TLS\r\n").await?;
-                conn = conn.accept_tls(&client.shared.acceptor).await?;
+                conn = conn.accept_tls(&client.shared.acceptor()).await?;
                 helo = None;
                 tx = Transaction::default();
                 if let Some((_, mut up)) = upstream.take() {
