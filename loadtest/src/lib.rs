@@ -271,7 +271,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut moves = moves_task.await.context("move task")?;
     let mut protocols = BTreeMap::new();
     for p in PROTOCOLS {
-        protocols.insert(p.to_string(), ProtoReport::Absent { reason: "Edge has no listener for it yet".into() });
+        let reason = match *p {
+            "pop3" | "smtp" => "the load test has no client for it yet",
+            _ => "Edge has no listener for it yet",
+        };
+        protocols.insert(p.to_string(), ProtoReport::Absent { reason: reason.into() });
     }
     match dns_task {
         Some(task) => {

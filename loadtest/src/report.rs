@@ -72,7 +72,8 @@ pub enum ProtoReport {
         misrouted: u64,
         latency: Option<Percentiles>,
     },
-    /// Edge has no listener for it yet.
+    /// Not measured: Edge has no listener for it yet, or the load test no
+    /// client.
     Absent {
         reason: String,
     },

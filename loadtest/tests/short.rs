@@ -16,7 +16,7 @@ async fn twenty_seconds_of_moves_with_no_failed_and_no_misrouted() {
         move_rate: 12.0,
         // Debug-build TLS handshakes are dear: at the default 100/s, IMAP
         // alone can starve the mover on two cores.
-        imap_rate: 40,
+        imap_rate: 20,
         progress: false,
         ..Options::default()
     };
@@ -38,13 +38,13 @@ async fn twenty_seconds_of_moves_with_no_failed_and_no_misrouted() {
     assert!(*requests > 300, "{requests} ssh logins");
     assert_eq!((*failed, *misrouted), (0, 0));
     // IMAP logins through the mail forwarder (TLS), to identity backends,
-    // while the members' mailboxes move. The floor is below the 800 asked
+    // while the members' mailboxes move. The floor is below the 400 asked
     // for: this is a debug build sharing two cores with everything else;
     // the count only shows the protocol was driven all along.
     let ProtoReport::Measured { requests, failed, misrouted, .. } = &report.protocols["imap"] else {
         panic!("imap was measured")
     };
-    assert!(*requests > 300, "{requests} imap logins");
+    assert!(*requests > 150, "{requests} imap logins");
     assert_eq!((*failed, *misrouted), (0, 0));
     for absent in ["http1", "http2", "tls", "pop3", "smtp"] {
         assert!(matches!(report.protocols[absent], ProtoReport::Absent { .. }), "{absent} reported absent");
