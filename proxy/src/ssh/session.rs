@@ -142,6 +142,15 @@ impl EdgeSession {
         self.peer.ip()
     }
 
+    /// Waits while a move of `user`'s login is being committed (`--hold`),
+    /// so the route read next is the new one.
+    async fn held(&self, user: &str) {
+        let waited = self.shared.sessions.wait_hold(user).await;
+        if !waited.is_zero() {
+            tracing::info!(user, waited_ms = waited.as_millis() as u64, "ssh: login waited for a move");
+        }
+    }
+
     /// The login for `user` and its backend's address, from the current
     /// snapshot; `None` for unknown users and backends that are down.
     fn route(&self, user: &str) -> Option<(Arc<SftpLogin>, String, SocketAddr)> {
@@ -195,6 +204,7 @@ impl EdgeSession {
         if self.shared.limits.blocked(self.ip()) {
             return Err(Refusal::RateLimited);
         }
+        self.held(user).await;
         let (login, backend, addr) = self.route(user).ok_or(Refusal::Failed)?;
         if login.upstream_auth == UpstreamAuth::Certificate {
             return Err(Refusal::NotAllowed); // keys only for this login
@@ -216,6 +226,7 @@ impl EdgeSession {
         if self.shared.limits.blocked(self.ip()) {
             return Err(Refusal::RateLimited);
         }
+        self.held(user).await;
         let (login, backend, addr) = self.route(user).ok_or(Refusal::Failed)?;
         if !authorized(&login, key) {
             return Err(Refusal::Failed);
