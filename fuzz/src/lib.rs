@@ -216,3 +216,31 @@ pub fn mail_smtp(data: &[u8]) {
         assert!(b != b'\r' || whole.get(i + 1) == Some(&b'\n'), "bare CR reached the backend");
     }
 }
+
+/// HTTP Host headers: normalising never panics and yields a part of the
+/// header; routing any host through a small table never panics, and a
+/// redirect always goes to the site's first host.
+pub fn http_host(data: &[u8]) {
+    use proxy::http::router::{decide, host_of, Decision};
+    static TABLE: std::sync::OnceLock<std::sync::Arc<routing_table::Snapshot>> = std::sync::OnceLock::new();
+    let Ok(header) = std::str::from_utf8(data) else { return };
+    if let Some(host) = host_of(header) {
+        assert!(header.contains(host));
+    }
+    let snapshot = TABLE.get_or_init(|| {
+        let store = Box::new(routing_table::MemoryStore::new());
+        let table = routing_table::Table::open(store, routing_table::TableMetrics::unregistered().unwrap()).unwrap();
+        let txn = serde_json::from_value(serde_json::json!({"ops": [
+            {"op": "put", "entity": {"kind": "backend", "name": "b1", "addresses": ["127.0.0.1"]}},
+            {"op": "put", "entity": {"kind": "site", "name": "s", "hosts": ["a.example", "*.w.example"],
+                "aliases": ["www.a.example", "*.alias.example"], "backends": [{"backend": "b1"}]}},
+        ]}))
+        .unwrap();
+        table.apply_blocking(txn, routing_table::Who::internal("fuzz")).unwrap();
+        std::sync::Arc::clone(&table.load())
+    });
+    let client = std::net::IpAddr::from([192, 0, 2, 1]);
+    if let Decision::Redirect(url) = decide(snapshot, Some(header), None, client, "http", "/") {
+        assert!(url.starts_with("http://"), "{url}");
+    }
+}

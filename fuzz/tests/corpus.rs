@@ -48,3 +48,8 @@ fn mail_pop3_corpus() {
 fn mail_smtp_corpus() {
     replay("mail_smtp", edge_fuzz::mail_smtp);
 }
+
+#[test]
+fn http_host_corpus() {
+    replay("http_host", edge_fuzz::http_host);
+}

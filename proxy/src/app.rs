@@ -40,6 +40,8 @@ pub enum StartError {
     Ssh(#[from] crate::ssh::BindError),
     #[error(transparent)]
     Mail(#[from] crate::mail::BindError),
+    #[error(transparent)]
+    Http(#[from] crate::http::StartError),
 }
 
 /// A started Edge: table open, listeners bound, nothing served yet.
@@ -51,6 +53,10 @@ pub struct Edge {
     dns: Option<dnsd::Dnsd>,
     ssh: Option<crate::ssh::Ssh>,
     mail: Option<crate::mail::Mail>,
+    /// Pingora, already running on its own thread; stopped through
+    /// `http_stop`.
+    http: Option<crate::http::Http>,
+    http_stop: watch::Sender<bool>,
     sessions: Arc<Sessions>,
 }
 
@@ -109,6 +115,14 @@ impl Edge {
             }
             None => None,
         };
+        let (http_stop, http_stopping) = watch::channel(false);
+        let http = match &config.http {
+            Some(settings) => {
+                let metrics = crate::http::HttpMetrics::register(&registry)?;
+                Some(crate::http::Http::start(settings.clone(), table.clone(), metrics, http_stopping)?)
+            }
+            None => None,
+        };
         tracing::info!(
             version = table.load().version(),
             store = table.store_description(),
@@ -117,9 +131,10 @@ impl Edge {
             dns = ?dns.as_ref().map(|d| d.local_addrs()),
             ssh = ?ssh.as_ref().map(|s| s.local_addrs()),
             mail = ?mail.as_ref().map(|m| m.local_addrs()),
+            http = ?http.as_ref().map(|h| h.local_addrs()),
             "edge started"
         );
-        Ok(Edge { table, registry, control, admin, dns, ssh, mail, sessions })
+        Ok(Edge { table, registry, control, admin, dns, ssh, mail, http, http_stop, sessions })
     }
 
     pub fn table(&self) -> &Table {
@@ -138,6 +153,11 @@ impl Edge {
     /// Where the SSH forwarder listens, when it is configured.
     pub fn ssh_addrs(&self) -> &[SocketAddr] {
         self.ssh.as_ref().map_or(&[], |s| s.local_addrs())
+    }
+
+    /// Where the HTTP proxy listens.
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        self.http.as_ref().map_or(&[], |h| h.local_addrs())
     }
 
     /// Where the mail forwarders listen: `(protocol, implicit TLS, address)`.
@@ -184,6 +204,10 @@ impl Edge {
         let mut stopping = shutdown.clone();
         crate::signals::stopped(&mut stopping).await;
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        let _ = self.http_stop.send(true);
+        if let Some(http) = self.http {
+            http.stopped().await;
+        }
         let _ = control.await;
         let _ = admin.await;
         if let Some(dns) = dns {

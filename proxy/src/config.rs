@@ -41,6 +41,9 @@ struct FileConfig {
     /// No section: no mail listeners.
     #[serde(default)]
     mail: Option<crate::mail::MailConfig>,
+    /// No section: no HTTP listener.
+    #[serde(default)]
+    http: Option<crate::http::HttpConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +278,8 @@ pub struct Config {
     pub ssh: Option<crate::ssh::Settings>,
     /// The mail forwarders, when the file has a `[mail]` section.
     pub mail: Option<crate::mail::Settings>,
+    /// The HTTP proxy, when the file has an `[http]` section.
+    pub http: Option<crate::http::Settings>,
 }
 
 impl Config {
@@ -324,6 +329,7 @@ impl Config {
         let dns = file.dns.map(|d| d.validate()).transpose().map_err(|(key, reason)| invalid(key, reason))?;
         let ssh = file.ssh.map(|s| s.validate()).transpose().map_err(|(key, reason)| invalid(key, reason))?;
         let mail = file.mail.map(|m| m.validate()).transpose().map_err(|(key, reason)| invalid(&key, reason))?;
+        let http = file.http.map(|h| h.validate()).transpose().map_err(|(key, reason)| invalid(&key, reason))?;
         Ok(Config {
             path: path.into(),
             control: ControlConfig {
@@ -343,6 +349,7 @@ impl Config {
             dns,
             ssh,
             mail,
+            http,
         })
     }
 }
@@ -403,6 +410,27 @@ mod tests {
         }
         let e = parse("[ssh]\nlisten_port = 22\n").unwrap_err();
         assert!(e.contains("unknown field `listen_port`"), "{e}");
+    }
+
+    #[test]
+    fn http_section_defaults_and_errors_name_the_key() {
+        let c = parse("[http]\nlisten = [\"127.0.0.1:8080\"]\ntrusted_proxies = [\"10.0.0.0/8\"]\n").unwrap();
+        let http = c.http.unwrap();
+        assert_eq!(http.threads, 2);
+        assert_eq!(http.upstream_connect_timeout, std::time::Duration::from_millis(2000));
+        assert_eq!(http.trusted_proxies.len(), 1);
+        for (text, key) in [
+            ("listen = []", "http.listen"),
+            ("listen = [\"127.0.0.1:0\"]", "http.listen"),
+            ("listen = [\"127.0.0.1:80\"]\nthreads = 0", "http.threads"),
+            ("listen = [\"127.0.0.1:80\"]\nupstream_connect_timeout_ms = 0", "http.upstream_connect_timeout_ms"),
+            ("listen = [\"127.0.0.1:80\"]\nmax_body_bytes = 0", "http.max_body_bytes"),
+            ("listen = [\"127.0.0.1:80\"]\ndefault_site = \"Not A Name!\"", "http.default_site"),
+        ] {
+            let e = parse(&format!("[http]\n{text}\n")).unwrap_err();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+        assert!(parse("[http]\nlisten = [\"127.0.0.1:80\"]\nwat = 1\n").is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod edgectl;
+pub mod http;
 pub mod limits;
 pub mod mail;
 pub mod sessions;
