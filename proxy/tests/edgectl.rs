@@ -126,7 +126,15 @@ fn check_config_accepts_good_and_names_bad_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_import_then_dig() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // dnsd binds UDP and TCP on the port: it must be free for both (a port
+    // free for UDP only once made edge exit at start in CI).
+    let port = loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break port;
+        }
+    };
     let config = write_config(dir.path(), &format!("[dns]\nlisten = [\"127.0.0.1:{port}\"]\n"));
     let mut edge = EdgeProcess::spawn(&config, &dir.path().join("var/control.sock"));
     edge.ready().await;
