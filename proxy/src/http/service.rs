@@ -12,7 +12,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
-use routing_table::{Site, Table};
+use routing_table::{Site, Snapshot, Table};
 
 use super::config::Settings;
 use super::metrics::HttpMetrics;
@@ -37,6 +37,8 @@ pub struct Proxy {
 pub struct Ctx {
     started: Instant,
     site: Option<Arc<Site>>,
+    /// The snapshot the request was routed by; every attempt picks from it.
+    snapshot: Option<Arc<Snapshot>>,
     /// Backends tried so far, by name.
     tried: Vec<String>,
     upstream: Option<Upstream>,
@@ -70,7 +72,7 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { started: Instant::now(), site: None, tried: Vec::new(), upstream: None, answered: None }
+        Ctx { started: Instant::now(), site: None, snapshot: None, tried: Vec::new(), upstream: None, answered: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -82,7 +84,7 @@ impl ProxyHttp for Proxy {
             .and_then(|v| v.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()));
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let snapshot = self.shared.table.load();
+        let snapshot = Arc::clone(&self.shared.table.load());
         let decision =
             router::decide(&snapshot, host, settings.default_site.as_deref(), client_ip(session), "http", path);
         match decision {
@@ -96,6 +98,7 @@ impl ProxyHttp for Proxy {
                     return Ok(true);
                 }
                 ctx.site = Some(site);
+                ctx.snapshot = Some(snapshot);
                 Ok(false)
             }
             Decision::Redirect(url) => {
@@ -116,9 +119,9 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let site = ctx.site.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no site routed"))?;
-        // A retry reads the table again: a backend marked down meanwhile is
-        // skipped, and a move done meanwhile is followed.
-        let snapshot = self.shared.table.load();
+        // The request's own snapshot: one table read per request, retries
+        // included (a retry skips the backends already tried).
+        let snapshot = ctx.snapshot.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
         let Some(upstream) = router::pick(&snapshot, &site, &ctx.tried, rand::random()) else {
             ctx.answered = Some(page_label(Page::NoBackend));
             return Err(Error::explain(ErrorType::HTTPStatus(503), "no backend of the site can take the request"));
