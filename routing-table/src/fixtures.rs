@@ -23,7 +23,12 @@ pub fn backend(b: usize) -> Entity {
 }
 
 pub fn site(i: usize, backends: usize) -> Entity {
-    let backend = SiteBackend { backend: format!("mosh{}", i % backends.max(1)).into(), port: 80, weight: 1 };
+    let backend = SiteBackend {
+        backend: format!("mosh{}", i % backends.max(1)).into(),
+        port: 80,
+        weight: 1,
+        proxy_protocol: false,
+    };
     Entity::Site(Site::new(&format!("site-{i}"), &[&host(i)], vec![backend]))
 }
 

@@ -256,6 +256,11 @@ impl Snapshot {
         }
     }
 
+    /// Every site, in no particular order.
+    pub fn sites(&self) -> impl Iterator<Item = &Arc<Site>> {
+        self.sites.iter()
+    }
+
     /// Names of every entity of `kind`, sorted.
     pub fn names(&self, kind: Kind) -> Vec<Name> {
         fn keys<T: Named>(m: &ShardedMap<Arc<T>>) -> Vec<Name> {
@@ -356,6 +361,14 @@ impl Snapshot {
             if map.get(&key.name).is_some_and(|(_, owner)| owner.name == site.name) {
                 map.remove(&key.name);
             }
+        }
+    }
+
+    /// Points a host pattern at `site` (settling a transaction's claims).
+    pub(crate) fn rehost(&mut self, key: &HostKey, site: Arc<Site>) {
+        let map = if key.wildcard { &mut self.wildcards } else { &mut self.hosts };
+        if !map.get(&key.name).is_some_and(|(_, owner)| Arc::ptr_eq(owner, &site)) {
+            map.insert((key.name.clone(), site));
         }
     }
 

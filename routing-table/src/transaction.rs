@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -292,20 +293,50 @@ impl Work {
                 changes.push(Change { kind: key.kind, name: key.name, before: t.before, after });
             }
         }
-        self.check_claims()?;
+        self.settle_claims()?;
         Ok(changes)
     }
 
-    fn check_claims(&self) -> Result<(), TxnError> {
-        for (host, claimer, displaced, op) in &self.claims {
-            let still_claimed = self.snap.site(displaced).is_some_and(|s| s.host_keys().any(|h| &h == host));
-            let claimer_holds = self.snap.host_owner(host).is_some_and(|s| &s.name == claimer);
-            if still_claimed && claimer_holds {
-                return Err(TxnError::new(
-                    *op,
-                    "entity.hosts",
-                    format!("`{host}` already belongs to site `{displaced}`"),
-                ));
+    /// Settles every host a site of this transaction took from another:
+    /// at the end, at most one of the sites involved may still list it
+    /// (else the later claim is refused), and the host index points at
+    /// that one. A claim undone later in the same transaction (the
+    /// claiming site deleted, or the displaced site put again) must leave
+    /// the host with the site that still lists it.
+    fn settle_claims(&mut self) -> Result<(), TxnError> {
+        let claims = std::mem::take(&mut self.claims);
+        let mut hosts: BTreeMap<&crate::entity::HostKey, Vec<(&Name, &Name, usize)>> = BTreeMap::new();
+        for (host, claimer, displaced, op) in &claims {
+            hosts.entry(host).or_default().push((claimer, displaced, *op));
+        }
+        for (host, claims) in hosts {
+            let mut names: Vec<&Name> = claims.iter().flat_map(|(c, d, _)| [*c, *d]).collect();
+            names.sort();
+            names.dedup();
+            let holders: Vec<Arc<crate::Site>> = names
+                .iter()
+                .filter_map(|n| self.snap.site(n))
+                .filter(|s| s.host_keys().any(|h| &h == host))
+                .cloned()
+                .collect();
+            match holders.as_slice() {
+                [] => {}
+                [only] => self.snap.rehost(host, Arc::clone(only)),
+                _ => {
+                    // The last claim by a site that still lists the host.
+                    let listed = |n: &Name| holders.iter().any(|s| &s.name == n);
+                    let (claimer, op) = claims
+                        .iter()
+                        .rev()
+                        .find(|(c, _, _)| listed(c))
+                        .map_or((claims[0].0, claims[0].2), |c| (c.0, c.2));
+                    let other = holders.iter().find(|s| &s.name != claimer).map_or("", |s| &*s.name);
+                    return Err(TxnError::new(
+                        op,
+                        "entity.hosts",
+                        format!("`{host}` already belongs to site `{other}`"),
+                    ));
+                }
             }
         }
         Ok(())

@@ -24,8 +24,10 @@ fn site(i: u8, hosts: Vec<usize>, backends: Vec<u8>, member: Option<u8>) -> Enti
     let mut hs: Vec<&str> = hosts.into_iter().map(|h| HOSTS[h]).collect();
     hs.sort();
     hs.dedup();
-    let backends =
-        backends.into_iter().map(|b| SiteBackend { backend: format!("b{b}").into(), port: 80, weight: 1 }).collect();
+    let backends = backends
+        .into_iter()
+        .map(|b| SiteBackend { backend: format!("b{b}").into(), port: 80, weight: 1, proxy_protocol: false })
+        .collect();
     let mut site = Site::new(&format!("s{i}"), &hs, backends);
     site.member = member.map(|m| format!("m{m}").into());
     Entity::Site(site)

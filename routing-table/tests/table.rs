@@ -261,3 +261,30 @@ fn dns_parents_follow_puts_and_deletes() {
     let snap = table.load();
     assert!(!snap.dns_has_children("_tcp.x") && !snap.dns_has_children("x") && !snap.dns_has_children("mysql"));
 }
+
+/// A host claimed and given back within one transaction stays with the
+/// site that still lists it (found by the model test): a site that takes a
+/// wildcard and is deleted again leaves the first site serving it; a
+/// second site claiming a host whose owner is then put again (an evacuation
+/// re-puts it) is refused, not committed with two sites listing the host.
+#[test]
+fn a_host_claimed_and_given_back_in_one_transaction_stays_with_its_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = open(dir.path());
+    table.apply_blocking(txn(SEED), who()).unwrap();
+    let taken_and_deleted = r#"{"ops":[
+      {"op":"put","entity":{"kind":"site","name":"s1","hosts":["*.alice.org"],"backends":[{"backend":"mosh40"}]}},
+      {"op":"delete","kind":"site","name":"s1"}]}"#;
+    table.apply_blocking(txn(taken_and_deleted), who()).unwrap();
+    let snap = table.load();
+    assert_eq!(&*snap.site_for_host("shop.alice.org").expect("still served").site.name, "alice-blog");
+
+    let claimed_then_owner_put_again = r#"{"ops":[
+      {"op":"add","entity":{"kind":"site","name":"s2","hosts":["blog.alice.org"],"backends":[{"backend":"mosh40"}]}},
+      {"op":"evacuate_backend","from":"mosh12","to":"mosh40"}]}"#;
+    let err = table.apply_blocking(txn(claimed_then_owner_put_again), who()).unwrap_err();
+    assert!(err.to_string().contains("`blog.alice.org` already belongs to site"), "{err}");
+    let snap = table.load();
+    assert!(snap.site("s2").is_none());
+    assert_eq!(&*snap.site_for_host("blog.alice.org").unwrap().site.name, "alice-blog");
+}

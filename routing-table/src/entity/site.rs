@@ -39,6 +39,10 @@ pub struct SiteBackend {
     pub port: u16,
     #[serde(default = "default_weight")]
     pub weight: u16,
+    /// Send a PROXY protocol v2 header (the client's address) on each new
+    /// connection to this backend and port.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub proxy_protocol: bool,
 }
 
 fn default_http_port() -> u16 {
@@ -57,6 +61,14 @@ pub struct TlsPolicy {
     pub cert: Option<Name>,
     #[serde(default)]
     pub redirect_https: bool,
+    /// The edge obtains and renews this site's certificate from its ACME
+    /// CA (`[http.acme]`), for its exact hosts.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub acme: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Cache settings of a site.
