@@ -20,10 +20,11 @@ run_pkgs=(build-essential pkg-config cmake curl ca-certificates protobuf-compile
 # forwarders' interop tests: dovecot-imapd + dovecot-pop3d (IMAP/POP3
 # backends), python3-aiosmtpd (SMTP backends), slapd + ldap-utils (the LDAP
 # auth plug-in), swaks (an SMTP client) with libnet-ssleay-perl for its --tls;
-# nginx-light: the HTTP proxy's origins.
+# nginx-light: the HTTP proxy's origins; pebble (with pebble-challtestsrv
+# for its DNS): the ACME test CA.
 test_pkgs=(prometheus util-linux procps sqlite3 bind9-dnsutils knot-dnsutils knot etcd-server etcd-client
     openssh-server openssh-client sshpass passwd openssl dovecot-imapd dovecot-pop3d python3-aiosmtpd slapd
-    ldap-utils swaks libnet-ssleay-perl nginx-light)
+    ldap-utils swaks libnet-ssleay-perl nginx-light pebble)
 
 # The test script runs clippy and rustfmt; a minimal rustup profile lacks them.
 if [ "${1:-run}" = test ] && command -v rustup >/dev/null 2>&1; then

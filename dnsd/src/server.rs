@@ -49,13 +49,27 @@ impl Dnsd {
         let mut addrs = Vec::new();
         for &want in &settings.listen {
             let err = |source| BindError { addr: want, source };
-            let first = udp_socket(want).map_err(err)?;
-            let addr = first.local_addr().map_err(err)?;
-            udp.push(first);
-            for _ in 1..settings.udp_sockets {
-                udp.push(udp_socket(addr).map_err(err)?);
-            }
-            tcp.push(tcp_listener(addr).map_err(err)?);
+            // With port 0, the kernel picks a free UDP port, which TCP may
+            // hold (a client's ephemeral port): then pick another, a few
+            // times. A port given explicitly is tried once.
+            let tries = if want.port() == 0 { 8 } else { 1 };
+            let mut attempt = 0;
+            let (sockets, listener, addr) = loop {
+                attempt += 1;
+                let first = udp_socket(want).map_err(err)?;
+                let addr = first.local_addr().map_err(err)?;
+                let mut sockets = vec![first];
+                for _ in 1..settings.udp_sockets {
+                    sockets.push(udp_socket(addr).map_err(err)?);
+                }
+                match tcp_listener(addr) {
+                    Ok(listener) => break (sockets, listener, addr),
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < tries => continue,
+                    Err(e) => return Err(err(e)),
+                }
+            };
+            udp.extend(sockets);
+            tcp.push(listener);
             addrs.push(addr);
         }
         Ok(Dnsd { settings: Arc::new(settings), table, metrics, udp, tcp, addrs })

@@ -244,3 +244,26 @@ pub fn http_host(data: &[u8]) {
         assert!(url.starts_with("http://"), "{url}");
     }
 }
+
+/// The cache key and the HTTPS redirect URL from a Host header and a path
+/// (`header NUL path`): never panic; the key is the host (lower case) and
+/// the path framed by a newline the host cannot hold, so two requests
+/// share an entry only when both parts are equal.
+pub fn cache_key(data: &[u8]) {
+    use proxy::http::cache::key;
+    use proxy::http::router::{host_of, https_url};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (header, path) = text.split_once('\0').unwrap_or((text, "/"));
+    if let Some(url) = https_url(header, 8443, path) {
+        assert!(url.starts_with("https://"), "{url}");
+    }
+    let Some(host) = host_of(header) else { return };
+    let host = host.trim_end_matches('.');
+    assert!(!host.contains('\n'));
+    let k = key("site", host, path);
+    let primary = k.primary_key();
+    let (h, p) = primary.split_at(host.len());
+    assert_eq!(h, host.to_ascii_lowercase().as_bytes());
+    assert_eq!(&p[1..], path.as_bytes());
+    assert_eq!(p[0], b'\n');
+}

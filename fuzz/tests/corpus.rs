@@ -53,3 +53,8 @@ fn mail_smtp_corpus() {
 fn http_host_corpus() {
     replay("http_host", edge_fuzz::http_host);
 }
+
+#[test]
+fn cache_key_corpus() {
+    replay("cache_key", edge_fuzz::cache_key);
+}

@@ -42,6 +42,42 @@ pub enum StartError {
     Mail(#[from] crate::mail::BindError),
     #[error(transparent)]
     Http(#[from] crate::http::StartError),
+    #[error("{0}")]
+    Demo(std::io::Error),
+}
+
+/// Runs `bind` again while its error says the address (or the control
+/// socket) is in use, for up to 30 s, when `upgrade`: the old process
+/// releases its listeners when it stops. Otherwise binds once.
+async fn retry_in_use<T, E, F, Fut>(upgrade: bool, mut bind: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + 'static,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match bind().await {
+            Err(e) if upgrade && in_use(&e) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether an error (or one of its sources) is an address in use.
+fn in_use(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+            || e.downcast_ref::<control::BindError>().is_some_and(|b| matches!(b, control::BindError::InUse { .. }))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// A started Edge: table open, listeners bound, nothing served yet.
@@ -63,6 +99,16 @@ pub struct Edge {
 impl Edge {
     /// Opens the store and binds every listener of `config`.
     pub async fn start(config: &Config) -> Result<Edge, StartError> {
+        Self::start_upgrading(config, false).await
+    }
+
+    /// As [`Edge::start`]; with `upgrade`, takes the HTTP listeners over
+    /// from the edge running with the same configuration (Pingora's
+    /// listener hand-off: that edge sends them when it gets SIGQUIT), then
+    /// binds the other listeners as that edge releases them (retrying for
+    /// up to 30 s). docs/operations.md, "Upgrading without dropping
+    /// requests".
+    pub async fn start_upgrading(config: &Config, upgrade: bool) -> Result<Edge, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
         let registry = Registry::new();
@@ -78,14 +124,39 @@ impl Edge {
                 seed_table(&table, seed).await?;
             }
         }
-        let control = ControlListener::bind(&config.control).await?;
-        let admin = TcpListener::bind(config.admin_listen)
+        let (http_stop, http_stopping) = watch::channel(false);
+        let start_http = |registry: &Registry| -> Result<Option<crate::http::Http>, StartError> {
+            let Some(settings) = &config.http else { return Ok(None) };
+            let mut settings = settings.clone();
+            if let (Some(acme), Some(dns)) = (settings.acme.as_mut(), &config.dns) {
+                // DNS-01 for the names in dnsd's zone.
+                acme.dns_zone = Some(dns.zone.origin.to_ascii().trim_end_matches('.').to_string());
+            }
+            let metrics = crate::http::HttpMetrics::register(registry)?;
+            let http = crate::http::Http::start(
+                settings,
+                &config.data_dir,
+                table.clone(),
+                metrics,
+                registry,
+                http_stopping.clone(),
+                upgrade,
+            )?;
+            Ok(Some(http))
+        };
+        // An upgrade takes the HTTP listeners over from the running edge
+        // first (it hands them over on SIGQUIT), then binds the others as
+        // the old process releases them.
+        let mut http = if upgrade { start_http(&registry)? } else { None };
+        let control = retry_in_use(upgrade, || ControlListener::bind(&config.control)).await?;
+        let admin = retry_in_use(upgrade, || TcpListener::bind(config.admin_listen))
             .await
             .map_err(|source| StartError::Admin { addr: config.admin_listen, source })?;
         let dns = match &config.dns {
             Some(settings) => {
                 let metrics = dnsd::DnsMetrics::register(&registry)?;
-                Some(dnsd::Dnsd::bind(settings.clone(), table.clone(), metrics).await?)
+                let bind = || dnsd::Dnsd::bind(settings.clone(), table.clone(), metrics.clone());
+                Some(retry_in_use(upgrade, bind).await?)
             }
             None => None,
         };
@@ -93,36 +164,31 @@ impl Edge {
         let ssh = match &config.ssh {
             Some(settings) => {
                 let metrics = crate::ssh::SshMetrics::register(&registry)?;
-                let ssh =
-                    crate::ssh::Ssh::bind(settings.clone(), &config.data_dir, table.clone(), sessions.clone(), metrics)
-                        .await?;
-                Some(ssh)
+                let bind = || {
+                    let (table, sessions, metrics) = (table.clone(), sessions.clone(), metrics.clone());
+                    crate::ssh::Ssh::bind(settings.clone(), &config.data_dir, table, sessions, metrics)
+                };
+                Some(retry_in_use(upgrade, bind).await?)
             }
             None => None,
         };
         let mail = match &config.mail {
             Some(settings) => {
                 let metrics = crate::mail::MailMetrics::register(&registry)?;
-                let mail = crate::mail::Mail::bind(
-                    settings.clone(),
-                    &config.data_dir,
-                    table.clone(),
-                    sessions.clone(),
-                    metrics,
-                )
-                .await?;
-                Some(mail)
+                let bind = || {
+                    let (table, sessions, metrics) = (table.clone(), sessions.clone(), metrics.clone());
+                    crate::mail::Mail::bind(settings.clone(), &config.data_dir, table, sessions, metrics)
+                };
+                Some(retry_in_use(upgrade, bind).await?)
             }
             None => None,
         };
-        let (http_stop, http_stopping) = watch::channel(false);
-        let http = match &config.http {
-            Some(settings) => {
-                let metrics = crate::http::HttpMetrics::register(&registry)?;
-                Some(crate::http::Http::start(settings.clone(), table.clone(), metrics, http_stopping)?)
-            }
-            None => None,
-        };
+        retry_in_use(upgrade, || crate::demo::start(&config.demo, http_stopping.clone()))
+            .await
+            .map_err(StartError::Demo)?;
+        if !upgrade {
+            http = start_http(&registry)?;
+        }
         tracing::info!(
             version = table.load().version(),
             store = table.store_description(),
@@ -160,6 +226,11 @@ impl Edge {
         self.http.as_ref().map_or(&[], |h| h.local_addrs())
     }
 
+    /// Where the HTTPS listeners are.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        self.http.as_ref().map_or(&[], |h| h.tls_addrs())
+    }
+
     /// Where the mail forwarders listen: `(protocol, implicit TLS, address)`.
     pub fn mail_addrs(&self) -> Vec<(&'static str, bool, SocketAddr)> {
         self.mail.as_ref().map_or_else(Vec::new, |m| m.local_addrs())
@@ -175,12 +246,16 @@ impl Edge {
         // Every listener is bound: tell systemd (Type=notify), if it asked.
         notify_systemd(&[sd_notify::NotifyState::Ready]);
         let access = self.control.access_handle();
-        let api = Arc::new(Api::new(self.table.clone(), self.sessions.clone()));
+        let cache = self.http.as_ref().and_then(|h| h.cache().cloned());
+        let certs = self.http.as_ref().and_then(|h| h.certs().cloned());
+        let acme = self.http.as_ref().and_then(|h| h.acme().cloned());
+        let api = Arc::new(Api::new(self.table.clone(), self.sessions.clone()).with_http(cache, certs, acme));
         let control = tokio::spawn(self.control.serve(api, shutdown.clone()));
         let admin = tokio::spawn(crate::admin::serve(self.admin, self.registry, shutdown.clone()));
         let dns = self.dns.map(|d| tokio::spawn(d.serve(shutdown.clone())));
         let ssh = self.ssh.map(|s| tokio::spawn(s.serve(shutdown.clone())));
         let mail_tls = self.mail.as_ref().map(|m| m.tls());
+        let https_certs = self.http.as_ref().and_then(|h| h.certs().cloned());
         let mail = self.mail.map(|m| tokio::spawn(m.serve(shutdown.clone())));
         let reloader = tokio::spawn(async move {
             while reload.changed().await.is_ok() {
@@ -195,6 +270,12 @@ impl Edge {
                             Err(e) => {
                                 tracing::error!(error = %e, "SIGHUP: mail certificate not reloaded; the old one stays")
                             }
+                        }
+                    }
+                    if let Some(certs) = &https_certs {
+                        match certs.refresh() {
+                            Ok(n) => tracing::info!(changed = n, "configuration reloaded: https certificates"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: https certificates not re-read"),
                         }
                     }
                     notify_systemd(&[sd_notify::NotifyState::Ready]);

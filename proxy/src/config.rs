@@ -44,6 +44,9 @@ struct FileConfig {
     /// No section: no HTTP listener.
     #[serde(default)]
     http: Option<crate::http::HttpConfig>,
+    /// DEMO ONLY: built-in responders standing in for the demo backends.
+    #[serde(default)]
+    demo: crate::demo::DemoConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +283,8 @@ pub struct Config {
     pub mail: Option<crate::mail::Settings>,
     /// The HTTP proxy, when the file has an `[http]` section.
     pub http: Option<crate::http::Settings>,
+    /// DEMO ONLY: `[demo]`.
+    pub demo: crate::demo::DemoConfig,
 }
 
 impl Config {
@@ -350,6 +355,7 @@ impl Config {
             ssh,
             mail,
             http,
+            demo: file.demo,
         })
     }
 }

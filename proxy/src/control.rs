@@ -131,8 +131,11 @@ impl ControlListener {
             });
             while tasks.try_join_next().is_some() {}
         }
-        drop(self.listener);
+        // The file first, while the socket still answers: a new edge
+        // (an upgrade) waiting for this path then binds its own, and this
+        // one never removes that.
         let _ = std::fs::remove_file(&self.path);
+        drop(self.listener);
         let _ =
             tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
     }

@@ -45,6 +45,12 @@ enum Command {
     /// The internal DNS zone.
     #[command(subcommand)]
     Dns(DnsCmd),
+    /// HTTPS certificates: `cert list`, `cert show NAME`, `cert renew SITE` (ACME).
+    #[command(subcommand)]
+    Cert(CertCmd),
+    /// The HTTP cache: `cache stats`, `cache purge --site NAME`, `cache purge URL`.
+    #[command(subcommand)]
+    Cache(CacheCmd),
     /// Live SSH and mail sessions (all, or one user's) and the backend each is on.
     Sessions { user: Option<String> },
     /// Apply a transaction file (JSON: {"ops": [...]}).
@@ -144,6 +150,30 @@ enum MailboxCmd {
         to: String,
         #[command(flatten)]
         around: MoveFlags,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Every certificate in the directory, with names, validity and ACME state.
+    List,
+    /// One certificate, by file name or by site (its ACME certificate).
+    Show { name: String },
+    /// Order a site's ACME certificate now.
+    Renew { site: String },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Entries, bytes, capacity and evictions.
+    Stats,
+    /// Drop one URL (every variant) or every response of a site.
+    Purge {
+        /// `http://host/path?query` or `https://…` (the scheme does not matter).
+        #[arg(required_unless_present = "site", conflicts_with = "site")]
+        url: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
     },
 }
 
@@ -301,6 +331,21 @@ async fn call(client: &Client, config: &Path, command: Command) -> Result<(Answe
         Command::Backend(BackendCmd::Add { name, addresses, dry_run }) => {
             let body = json!({ "ops": [{ "op": "add", "entity": { "kind": "backend", "name": name, "addresses": addresses } }] });
             (client.post(txn(dry_run), &body).await.map_err(e)?, Style::Changes)
+        }
+        Command::Cert(CertCmd::List) => (client.get("/v1/certs").await.map_err(e)?, Style::Raw),
+        Command::Cert(CertCmd::Show { name }) => {
+            (client.get(&format!("/v1/certs/{}", enc(&name))).await.map_err(e)?, Style::Raw)
+        }
+        Command::Cert(CertCmd::Renew { site }) => {
+            (client.post(&format!("/v1/certs/{}/renew", enc(&site)), &json!({})).await.map_err(e)?, Style::Raw)
+        }
+        Command::Cache(CacheCmd::Stats) => (client.get("/v1/cache").await.map_err(e)?, Style::Raw),
+        Command::Cache(CacheCmd::Purge { url, site }) => {
+            let body = match (url, site) {
+                (_, Some(site)) => json!({ "site": site }),
+                (url, None) => json!({ "url": url }),
+            };
+            (client.post("/v1/cache/purge", &body).await.map_err(e)?, Style::Raw)
         }
         Command::Sessions { user } => {
             let path = match user {

@@ -5,19 +5,10 @@
 #[path = "support/edge.rs"]
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use support::{eventually, TestEdge};
-
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{eventually, Killed, TestEdge};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -50,7 +41,7 @@ async fn prometheus_scrapes_the_table_metrics() {
     )
     .unwrap();
     let port = free_port();
-    let _prom = Prometheus(
+    let _prom = Killed(
         Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
@@ -85,9 +76,15 @@ async fn prometheus_scrapes_the_table_metrics() {
 /// (a renamed metric would otherwise leave an empty panel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_dashboard_queries_exposed_series() {
-    let edge = TestEdge::start(
-        "[dns]\nlisten = [\"127.0.0.1:0\"]\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n[mail]\nimap = [\"127.0.0.1:0\"]\nmx = [\"127.0.0.1:0\"]\n",
-    )
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http = format!(
+        "[http]\nlisten = [\"127.0.0.1:{}\"]\ntls_listen = [\"127.0.0.1:{}\"]\nshutdown_drain_secs = 1\n",
+        free(),
+        free()
+    );
+    let edge = TestEdge::start(&format!(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n[mail]\nimap = [\"127.0.0.1:0\"]\nmx = [\"127.0.0.1:0\"]\n{http}"
+    ))
     .await;
     // One query over TCP, so the DNS series have a sample (the TCP recorder
     // flushes when the connection ends).
@@ -101,12 +98,20 @@ async fn grafana_dashboard_queries_exposed_series() {
     .unwrap()
     .expect("dig runs (scripts/install-deps.sh test installs it)");
     assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "127.0.0.12");
-    let url = format!("http://{}/metrics", edge.admin);
-    let out = tokio::task::spawn_blocking(move || Command::new("curl").args(["-sS", "-m", "5", &url]).output())
-        .await
-        .unwrap()
-        .expect("curl");
-    let metrics = String::from_utf8(out.stdout).unwrap();
+    // Health checks create their series on their first round.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let url = format!("http://{}/metrics", edge.admin);
+        let out = tokio::task::spawn_blocking(move || Command::new("curl").args(["-sS", "-m", "5", &url]).output())
+            .await
+            .unwrap()
+            .expect("curl");
+        let metrics = String::from_utf8(out.stdout).unwrap();
+        if metrics.contains("edge_http_upstream_healthy{") || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let exposed: std::collections::BTreeSet<&str> =
         metrics.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/grafana/edge.json");

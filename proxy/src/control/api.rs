@@ -24,6 +24,9 @@ pub const MAX_HISTORY: usize = 1000;
 pub struct Api {
     table: Table,
     sessions: Arc<Sessions>,
+    cache: Option<Arc<crate::http::Cache>>,
+    certs: Option<Arc<crate::http::Certs>>,
+    acme: Option<Arc<crate::http::acme::Acme>>,
 }
 
 /// An error reply.
@@ -95,6 +98,15 @@ impl From<ApplyError> for ApiError {
 type Reply = Result<Value, ApiError>;
 
 /// Body of the move endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CachePurgeBody {
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MoveBody {
@@ -139,7 +151,119 @@ struct RollbackBody {
 
 impl Api {
     pub fn new(table: Table, sessions: Arc<Sessions>) -> Self {
-        Self { table, sessions }
+        Self { table, sessions, cache: None, certs: None, acme: None }
+    }
+
+    /// Serves `/v1/cache` and `/v1/certs` for the HTTP proxy.
+    pub fn with_http(
+        mut self,
+        cache: Option<Arc<crate::http::Cache>>,
+        certs: Option<Arc<crate::http::Certs>>,
+        acme: Option<Arc<crate::http::acme::Acme>>,
+    ) -> Self {
+        self.cache = cache;
+        self.certs = certs;
+        self.acme = acme;
+        self
+    }
+
+    fn certs(&self) -> Result<&crate::http::Certs, ApiError> {
+        self.certs.as_deref().ok_or_else(|| ApiError::not_found("no HTTPS listener (http.tls_listen)"))
+    }
+
+    fn cert_json(&self, cert: &crate::http::certs::Cert) -> Value {
+        let site = cert.name.strip_prefix("acme-");
+        let acme = site.and_then(|s| self.acme.as_ref().map(|a| a.states().get(s).cloned().unwrap_or_default()));
+        json!({
+            "name": cert.name,
+            "names": cert.names,
+            "not_before": cert.not_before,
+            "not_after": cert.not_after,
+            "acme": acme,
+        })
+    }
+
+    fn certs_list(&self) -> Reply {
+        let certs = self.certs()?;
+        let list: Vec<Value> = certs.list().iter().map(|c| self.cert_json(c)).collect();
+        let pending: Value = match &self.acme {
+            Some(acme) => json!(acme
+                .states()
+                .into_iter()
+                .filter(|(_, s)| s.last_error.is_some())
+                .collect::<std::collections::BTreeMap<_, _>>()),
+            None => Value::Null,
+        };
+        Ok(json!({ "dir": certs.dir(), "certificates": list, "acme_failing": pending }))
+    }
+
+    fn cert_show(&self, raw: &str) -> Reply {
+        let certs = self.certs()?;
+        let name = percent_decode(raw);
+        let cert = certs
+            .get(&name)
+            .or_else(|| certs.get(&crate::http::acme::cert_name(&name)))
+            .ok_or_else(|| ApiError::not_found(format!("no certificate `{name}` (nor `acme-{name}`)")))?;
+        Ok(self.cert_json(&cert))
+    }
+
+    /// Orders a site's ACME certificate now.
+    fn cert_renew(&self, raw: &str) -> Reply {
+        let acme = self.acme.as_ref().ok_or_else(|| ApiError::not_found("ACME is off (no [http.acme])"))?;
+        let name = percent_decode(raw);
+        let name = name.strip_prefix("acme-").unwrap_or(&name).to_string();
+        let snap = self.table.load();
+        let site = snap.site(&name).ok_or_else(|| ApiError::not_found(format!("no site `{name}`")))?;
+        if !acme.wants(site) {
+            return Err(ApiError::bad(format!(
+                "site `{name}` does not use ACME (policy.tls.acme, or http.acme.all_sites)"
+            )));
+        }
+        acme.renew(&name);
+        Ok(json!({ "site": name, "renewing": true }))
+    }
+
+    fn cache(&self) -> Result<&crate::http::Cache, ApiError> {
+        self.cache
+            .as_deref()
+            .ok_or_else(|| ApiError::not_found("the HTTP cache is off (no [http], or cache_bytes = 0)"))
+    }
+
+    /// `{"site": NAME}` drops a site's responses; `{"url": URL}` one URL's
+    /// (every variant), for the site that serves its host now.
+    fn cache_purge(&self, body: CachePurgeBody) -> Reply {
+        let cache = self.cache()?;
+        let (site, purged) = match (body.site, body.url) {
+            (Some(site), None) => {
+                let name =
+                    routing_table::name::ident(&site).map_err(|e| ApiError::bad(format!("site `{site}` {e}")))?;
+                (name.to_string(), cache.purge_site(&name))
+            }
+            (None, Some(url)) => {
+                let rest = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"))
+                    .ok_or_else(|| ApiError::bad(format!("url `{url}`: give http://host/path or https://host/path")))?;
+                let (authority, path) = match rest.find('/') {
+                    Some(i) => rest.split_at(i),
+                    None => (rest, "/"),
+                };
+                let host = crate::http::router::host_of(authority)
+                    .ok_or_else(|| ApiError::bad(format!("url `{url}`: `{authority}` is not a host")))?
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                let snap = self.table.load();
+                let site = snap
+                    .site_for_host(&host)
+                    .map(|m| m.site.name.to_string())
+                    .ok_or_else(|| ApiError::not_found(format!("no site serves `{host}`")))?;
+                let purged = cache.purge_url(&site, &host, path);
+                (site, purged)
+            }
+            _ => return Err(ApiError::bad("give exactly one of `site` and `url`")),
+        };
+        tracing::info!(site = %site, purged, "cache purge");
+        Ok(json!({ "site": site, "purged": purged }))
     }
 
     /// Answers one request. Never panics on input; always JSON.
@@ -178,6 +302,11 @@ impl Api {
             (Method::POST, ["v1", "transactions", "dry-run"]) => {
                 self.commit(read_json(req, max_body).await?, who, Around { dry_run: true, ..Around::default() }).await
             }
+            (Method::GET, ["v1", "cache"]) => Ok(json!(self.cache()?.stats())),
+            (Method::GET, ["v1", "certs"]) => self.certs_list(),
+            (Method::GET, ["v1", "certs", name]) => self.cert_show(name),
+            (Method::POST, ["v1", "certs", name, "renew"]) => self.cert_renew(name),
+            (Method::POST, ["v1", "cache", "purge"]) => self.cache_purge(read_json(req, max_body).await?),
             (Method::GET, ["v1", "sessions"]) => {
                 let sessions = self.sessions.list(query.get("user").map(String::as_str));
                 Ok(json!({ "sessions": sessions }))
@@ -216,7 +345,8 @@ impl Api {
                 let done = self.table.rollback(body.to, body.if_version, who).await?;
                 Ok(json!({ "version": done.version, "changes": done.changes }))
             }
-            (_, ["v1", "status" | "table" | "lookup" | "history" | "diff" | "sessions"])
+            (_, ["v1", "status" | "table" | "lookup" | "history" | "diff" | "sessions" | "cache"])
+            | (_, ["v1", "cache", "purge"])
             | (_, ["v1", "table" | "history", ..])
             | (_, ["v1", "transactions" | "rollback", ..]) => {
                 Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method())))

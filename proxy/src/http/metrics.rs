@@ -1,13 +1,21 @@
 //! `edge_http_*` metrics. Labels are bounded: status class (6) and upstream
-//! error kind (2); no site, host or backend label yet.
+//! error kind (2), cache result (5); no site, host or backend label yet.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct HttpMetrics {
     pub requests: IntCounterVec,
     pub duration: Histogram,
     pub upstream_errors: IntCounterVec,
+    pub cache: IntCounterVec,
+    /// By backend and port: as many as the table has upstreams.
+    pub upstream_healthy: IntGaugeVec,
+    pub limited: IntCounterVec,
+    pub tls_handshakes: IntCounter,
+    /// By site (those in `metrics_sites`, the rest as `other`) and status
+    /// class.
+    pub site_requests: IntCounterVec,
 }
 
 impl HttpMetrics {
@@ -16,6 +24,11 @@ impl HttpMetrics {
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.upstream_errors.clone()))?;
+        registry.register(Box::new(m.cache.clone()))?;
+        registry.register(Box::new(m.upstream_healthy.clone()))?;
+        registry.register(Box::new(m.limited.clone()))?;
+        registry.register(Box::new(m.tls_handshakes.clone()))?;
+        registry.register(Box::new(m.site_requests.clone()))?;
         Ok(m)
     }
 
@@ -36,7 +49,45 @@ impl HttpMetrics {
                 Opts::new("edge_http_upstream_errors_total", "Upstream failures by kind (connect, proxy)."),
                 &["kind"],
             )?,
+            cache: IntCounterVec::new(
+                Opts::new(
+                    "edge_http_cache_total",
+                    "Responses by what the cache did (hit, miss, stale, revalidated, bypass).",
+                ),
+                &["result"],
+            )?,
+            upstream_healthy: IntGaugeVec::new(
+                Opts::new(
+                    "edge_http_upstream_healthy",
+                    "1 while the upstream (backend, port) passes its health checks.",
+                ),
+                &["backend", "port"],
+            )?,
+            limited: IntCounterVec::new(
+                Opts::new(
+                    "edge_http_limited_total",
+                    "Requests refused by a limit: rate, concurrency (429), backend (under attack, 503 or stale); connections closed: connections (per client address), header_timeout.",
+                ),
+                &["limit"],
+            )?,
+            tls_handshakes: IntCounter::new(
+                "edge_http_tls_handshakes_total",
+                "TLS handshakes completed on the HTTPS listeners (failed ones are logged by Pingora).",
+            )?,
+            site_requests: IntCounterVec::new(
+                Opts::new(
+                    "edge_http_site_requests_total",
+                    "HTTP requests routed to a site, by site (http.metrics_sites; the rest are `other`) and status class.",
+                ),
+                &["site", "status_class"],
+            )?,
         };
+        for limit in ["rate", "concurrency", "backend", "connections", "header_timeout"] {
+            m.limited.with_label_values(&[limit]);
+        }
+        for result in ["hit", "miss", "stale", "revalidated", "bypass"] {
+            m.cache.with_label_values(&[result]);
+        }
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "none"] {
             m.requests.with_label_values(&[class]);
         }

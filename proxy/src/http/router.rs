@@ -35,6 +35,13 @@ pub enum Page {
     NoBackend,
     /// The backend that took the request failed before answering.
     BadGateway,
+    /// The connection's certificate does not cover the request's host
+    /// (HTTPS, RFC 9110 §15.5.20).
+    Misdirected,
+    /// The declared request body is over the site's limit.
+    TooLarge,
+    /// Over a per-client limit of the site.
+    TooManyRequests,
 }
 
 impl Page {
@@ -46,6 +53,9 @@ impl Page {
             Page::Quarantine => 403,
             Page::Maintenance | Page::NoBackend => 503,
             Page::BadGateway => 502,
+            Page::Misdirected => 421,
+            Page::TooLarge => 413,
+            Page::TooManyRequests => 429,
         }
     }
 
@@ -69,6 +79,13 @@ impl Page {
             Page::BadGateway => {
                 "<!doctype html><title>502 Bad Gateway</title><h1>The site's server did not answer</h1><p>Please try again shortly.</p>\n"
             }
+            Page::Misdirected => {
+                "<!doctype html><title>421 Misdirected Request</title><h1>Misdirected request</h1><p>This connection is not for that site.</p>\n"
+            }
+            Page::TooLarge => "<!doctype html><title>413</title><h1>Request too large</h1>\n",
+            Page::TooManyRequests => {
+                "<!doctype html><title>429 Too Many Requests</title><h1>Too many requests</h1><p>Please slow down.</p>\n"
+            }
         }
     }
 
@@ -77,6 +94,7 @@ impl Page {
         match self {
             Page::Maintenance => Some(300),
             Page::NoBackend => Some(10),
+            Page::TooManyRequests => Some(1),
             _ => None,
         }
     }
@@ -147,43 +165,75 @@ pub fn decide(
     }
 }
 
+/// The `https://` URL of a plain-HTTP request to a site that redirects to
+/// HTTPS: the request's host (port dropped), the HTTPS listener's port when
+/// it is not 443, the path and query kept.
+pub fn https_url(host: &str, https_port: u16, path_and_query: &str) -> Option<String> {
+    let host = host_of(host)?;
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_ascii_lowercase() };
+    Some(match https_port {
+        443 => format!("https://{host}{path_and_query}"),
+        port => format!("https://{host}:{port}{path_and_query}"),
+    })
+}
+
 /// One upstream of a site, chosen for one attempt.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub backend: Arc<Backend>,
     pub addr: SocketAddr,
+    /// The site's entry asks for a PROXY protocol v2 header.
+    pub proxy_protocol: bool,
 }
 
-/// Picks an upstream of `site` by weight, skipping `tried` backends, down
-/// ones, and draining ones while another is up. `roll` is uniform in
-/// `0..u32::MAX` (the caller's randomness, so this stays pure).
-pub fn pick(snapshot: &Snapshot, site: &Site, tried: &[String], roll: u32) -> Option<Upstream> {
-    let candidates: Vec<(Upstream, u32)> = site
-        .backends
-        .iter()
-        .filter(|b| b.weight > 0 && !tried.iter().any(|t| **t == *b.backend))
-        .filter_map(|b| {
+/// The address an upstream of `backend` is reached at: its first IPv4
+/// address, else its first address.
+pub fn upstream_ip(backend: &Backend) -> Option<IpAddr> {
+    backend.ipv4().map(IpAddr::V4).or_else(|| backend.addresses.first().copied())
+}
+
+/// Picks an upstream of `site` by weight, skipping `tried` backends and
+/// down ones. Among the rest, the best group is used: up and healthy, then
+/// draining and healthy, then (rather than none) those health checks took
+/// out (`is_out`). `roll` is uniform in `0..u32::MAX` (the caller's
+/// randomness, so this stays pure). No allocation: two walks over the
+/// site's backends.
+pub fn pick(
+    snapshot: &Snapshot,
+    site: &Site,
+    tried: &[routing_table::Name],
+    roll: u32,
+    is_out: impl Fn(SocketAddr) -> bool,
+) -> Option<Upstream> {
+    let candidates = || {
+        site.backends.iter().filter_map(|b| {
+            if b.weight == 0 || tried.iter().any(|t| **t == *b.backend) {
+                return None;
+            }
             let backend = snapshot.backend(&b.backend)?;
-            let ip = backend.ipv4().map(IpAddr::V4).or_else(|| backend.addresses.first().copied())?;
-            (backend.state != BackendState::Down).then(|| {
-                (Upstream { backend: backend.clone(), addr: SocketAddr::new(ip, b.port) }, u32::from(b.weight))
-            })
+            let addr = SocketAddr::new(upstream_ip(backend)?, b.port);
+            let rank = match backend.state {
+                BackendState::Down => return None,
+                _ if is_out(addr) => 2,
+                BackendState::Up => 0,
+                BackendState::Draining => 1,
+            };
+            Some((backend, addr, rank, u64::from(b.weight), b.proxy_protocol))
         })
-        .collect();
-    let up: Vec<&(Upstream, u32)> = candidates.iter().filter(|(u, _)| u.backend.state == BackendState::Up).collect();
-    let pool: Vec<&(Upstream, u32)> = if up.is_empty() { candidates.iter().collect() } else { up };
-    let total: u64 = pool.iter().map(|(_, w)| u64::from(*w)).sum();
-    if total == 0 {
-        return None;
-    }
-    let mut at = u64::from(roll) * total / u64::from(u32::MAX).max(1);
-    for (u, w) in &pool {
-        if at < u64::from(*w) {
-            return Some(u.clone());
+    };
+    let best = candidates().map(|c| c.2).min()?;
+    let total: u64 = candidates().filter(|c| c.2 == best).map(|c| c.3).sum();
+    let mut at = u64::from(roll) * total / u64::from(u32::MAX);
+    let mut last = None;
+    for (backend, addr, _, weight, proxy_protocol) in candidates().filter(|c| c.2 == best) {
+        let upstream = Upstream { backend: backend.clone(), addr, proxy_protocol };
+        if at < weight {
+            return Some(upstream);
         }
-        at -= u64::from(*w);
+        at -= weight;
+        last = Some(upstream);
     }
-    pool.last().map(|(u, _)| u.clone())
+    last
 }
 
 #[cfg(test)]
@@ -264,15 +314,32 @@ mod tests {
         let site = s.site("blog").unwrap();
         let mut counts = std::collections::HashMap::new();
         for i in 0..4000u32 {
-            let u = pick(&s, site, &[], i.wrapping_mul(1_073_741)).unwrap();
+            let u = pick(&s, site, &[], i.wrapping_mul(1_073_741), |_| false).unwrap();
             *counts.entry(u.backend.name.to_string()).or_insert(0) += 1;
         }
         assert!(!counts.contains_key("b3"), "down: {counts:?}");
         let (b1, b2) = (counts["b1"], counts["b2"]);
         assert!((2.5..3.5).contains(&(f64::from(b1) / f64::from(b2))), "3:1 weights: {counts:?}");
-        let u = pick(&s, site, &["b1".into()], 0).unwrap();
+        let u = pick(&s, site, &["b1".into()], 0, |_| false).unwrap();
         assert_eq!((&*u.backend.name, u.addr), ("b2", "127.0.0.42:8081".parse().unwrap()));
-        assert!(pick(&s, site, &["b1".into(), "b2".into()], 0).is_none());
+        assert!(pick(&s, site, &["b1".into(), "b2".into()], 0, |_| false).is_none());
+    }
+
+    #[test]
+    fn upstreams_out_by_health_checks_are_used_only_when_no_other_is_left() {
+        let s = fixture();
+        let site = s.site("blog").unwrap();
+        let b2: SocketAddr = "127.0.0.42:8081".parse().unwrap();
+        let not_b2 = |a: SocketAddr| a != b2;
+        for i in 0..200u32 {
+            let u = pick(&s, site, &[], i.wrapping_mul(21_474_836), not_b2).unwrap();
+            assert_eq!(u.addr, b2, "every other upstream is out");
+        }
+        // All out: still one of them, rather than none.
+        assert!(pick(&s, site, &[], 7, |_| true).is_some());
+        // Roll at either end stays in range.
+        assert!(pick(&s, site, &[], u32::MAX, |_| false).is_some());
+        assert!(pick(&s, site, &[], 0, |_| false).is_some());
     }
 
     proptest! {

@@ -10,10 +10,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+
+use super::proxy_protocol::ProxyV2Connect;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use routing_table::{Site, Snapshot, Table};
 
+use super::cache::{self, Cache, Outcome};
+use super::certs::Handshake;
 use super::config::Settings;
 use super::metrics::HttpMetrics;
 use super::router::{self, Decision, Page, Upstream};
@@ -27,6 +31,10 @@ pub struct Shared {
     pub settings: Settings,
     pub table: Table,
     pub metrics: HttpMetrics,
+    pub cache: Option<Arc<Cache>>,
+    pub health: Arc<super::health::Health>,
+    pub limiter: super::limits::Limiter,
+    pub acme: Option<Arc<super::acme::Acme>>,
 }
 
 pub struct Proxy {
@@ -40,20 +48,47 @@ pub struct Ctx {
     /// The snapshot the request was routed by; every attempt picks from it.
     snapshot: Option<Arc<Snapshot>>,
     /// Backends tried so far, by name.
-    tried: Vec<String>,
+    tried: Vec<routing_table::Name>,
     upstream: Option<Upstream>,
     /// What the edge answered itself, for the log.
     answered: Option<&'static str>,
+    /// The request came over TLS.
+    tls: bool,
+    /// The response was written to the cache.
+    stored: bool,
+    /// What the cache did, once the response is on its way.
+    cache: Option<Outcome>,
+    /// Counts the request in flight for its client's concurrency limit.
+    _in_flight: Option<pingora_limits::inflight::Guard>,
+    /// Counts it at the backends of a site under attack.
+    _at_backend: Option<pingora_limits::inflight::Guard>,
 }
 
 fn client_ip(session: &Session) -> IpAddr {
     session.client_addr().and_then(|a| a.as_inet()).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
 }
 
-/// Writes one of the edge's own answers.
-async fn respond(session: &mut Session, status: u16, body: &'static str, headers: &[(&str, String)]) -> Result<()> {
+const HTML: &str = "text/html; charset=utf-8";
+
+/// The request's host as sent: the `Host` header, else the authority of
+/// the request line (absolute URI, HTTP/2's `:authority`).
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// Writes one of the edge's own answers (never stored by caches).
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    headers: &[(&str, String)],
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
-    resp.insert_header("content-type", "text/html; charset=utf-8")?;
+    resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
     for (name, value) in headers {
@@ -62,9 +97,41 @@ async fn respond(session: &mut Session, status: u16, body: &'static str, headers
     let head_only = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(resp), head_only).await?;
     if !head_only {
-        session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+        session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+impl Proxy {
+    /// Answers with one of the edge's pages; the request ends there.
+    async fn page(&self, session: &mut Session, ctx: &mut Ctx, page: Page) -> Result<bool> {
+        ctx.answered = Some(page_label(page));
+        let retry: Vec<(&str, String)> =
+            page.retry_after().map(|s| ("retry-after", s.to_string())).into_iter().collect();
+        respond(session, page.status(), HTML, Bytes::from_static(page.body().as_bytes()), &retry).await?;
+        Ok(true)
+    }
+
+    /// A redirect written by the edge.
+    async fn redirect(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        why: &'static str,
+        status: u16,
+        url: String,
+    ) -> Result<bool> {
+        ctx.answered = Some(why);
+        let body = "<!doctype html><title>Moved</title><h1>Moved</h1>\n";
+        respond(session, status, HTML, Bytes::from_static(body.as_bytes()), &[("location", url)]).await?;
+        Ok(true)
+    }
+}
+
+/// No upstream can take the request now: an upstream failure, so a stored
+/// response may be served stale (else the edge's 503 page).
+fn unavailable(why: &'static str) -> Box<Error> {
+    Error::create(ErrorType::HTTPStatus(503), pingora::ErrorSource::Upstream, Some(why.into()), None)
 }
 
 #[async_trait]
@@ -72,68 +139,192 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { started: Instant::now(), site: None, snapshot: None, tried: Vec::new(), upstream: None, answered: None }
+        Ctx {
+            started: Instant::now(),
+            site: None,
+            snapshot: None,
+            tried: Vec::new(),
+            upstream: None,
+            answered: None,
+            tls: false,
+            stored: false,
+            cache: None,
+            _in_flight: None,
+            _at_backend: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let settings = &self.shared.settings;
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        let host = request_host(req);
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        // ACME HTTP-01: answered by the edge, before routing and redirects.
+        if let (Some(acme), Some(token)) = (&self.shared.acme, path.strip_prefix("/.well-known/acme-challenge/")) {
+            if let Some(answer) = acme.http01(token) {
+                ctx.answered = Some("acme_challenge");
+                respond(session, 200, "application/octet-stream", Bytes::from(answer), &[]).await?;
+                return Ok(true);
+            }
+        }
+        let tls = session.digest().and_then(|d| d.ssl_digest.clone());
+        ctx.tls = tls.is_some();
+        if let Some(handshake) = tls.as_ref().and_then(|t| t.extension.get::<Handshake>()) {
+            // With SNI, the request's host must be one its certificate
+            // covers; else the client reused a connection it should not.
+            let host = host.and_then(router::host_of).map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+            if let (Some(_), Some(cert), Some(host)) = (&handshake.sni, &handshake.cert, host) {
+                if !cert.covers(&host) {
+                    return self.page(session, ctx, Page::Misdirected).await;
+                }
+            }
+        }
         let snapshot = Arc::clone(&self.shared.table.load());
+        let scheme = if ctx.tls { "https" } else { "http" };
         let decision =
-            router::decide(&snapshot, host, settings.default_site.as_deref(), client_ip(session), "http", path);
+            router::decide(&snapshot, host, settings.default_site.as_deref(), client_ip(session), scheme, path);
         match decision {
+            Decision::Proxy(site) if !ctx.tls && site.policy.tls.redirect_https && !settings.tls_listen.is_empty() => {
+                let url = host.and_then(|h| router::https_url(h, settings.tls_listen[0].port(), path));
+                let Some(url) = url else { return self.page(session, ctx, Page::BadRequest).await };
+                // 308 keeps the method and body of a POST; 301 for reads.
+                let method = &session.req_header().method;
+                let status = if method == http::Method::GET || method == http::Method::HEAD { 301 } else { 308 };
+                self.redirect(session, ctx, "redirect_https", status, url).await
+            }
             Decision::Proxy(site) => {
                 let declared =
                     req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
                 let limit = site.policy.limits.max_body_bytes.unwrap_or(settings.max_body_bytes);
                 if declared.is_some_and(|n: u64| n > limit) {
-                    ctx.answered = Some("too_large");
-                    respond(session, 413, "<!doctype html><title>413</title><h1>Request too large</h1>\n", &[]).await?;
-                    return Ok(true);
+                    return self.page(session, ctx, Page::TooLarge).await;
+                }
+                match self.shared.limiter.admit(&site, client_ip(session)) {
+                    Ok(guard) => ctx._in_flight = guard,
+                    Err(refusal) => {
+                        self.shared.metrics.limited.with_label_values(&[refusal.label()]).inc();
+                        return self.page(session, ctx, Page::TooManyRequests).await;
+                    }
                 }
                 ctx.site = Some(site);
                 ctx.snapshot = Some(snapshot);
                 Ok(false)
             }
-            Decision::Redirect(url) => {
-                ctx.answered = Some("redirect");
-                let body = "<!doctype html><title>301 Moved Permanently</title><h1>Moved</h1>\n";
-                respond(session, 301, body, &[("location", url)]).await?;
-                Ok(true)
-            }
-            Decision::Page(page) => {
-                ctx.answered = Some(page_label(page));
-                let retry: Vec<(&str, String)> =
-                    page.retry_after().map(|s| ("retry-after", s.to_string())).into_iter().collect();
-                respond(session, page.status(), page.body(), &retry).await?;
-                Ok(true)
-            }
+            Decision::Redirect(url) => self.redirect(session, ctx, "redirect", 301, url).await,
+            Decision::Page(page) => self.page(session, ctx, page).await,
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let site = ctx.site.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no site routed"))?;
         // The request's own snapshot: one table read per request, retries
         // included (a retry skips the backends already tried).
         let snapshot = ctx.snapshot.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
-        let Some(upstream) = router::pick(&snapshot, &site, &ctx.tried, rand::random()) else {
-            ctx.answered = Some(page_label(Page::NoBackend));
-            return Err(Error::explain(ErrorType::HTTPStatus(503), "no backend of the site can take the request"));
+        let Some(upstream) =
+            router::pick(&snapshot, &site, &ctx.tried, rand::random(), |a| self.shared.health.is_out(a))
+        else {
+            return Err(unavailable("no backend of the site can take the request"));
         };
-        ctx.tried.push(upstream.backend.name.to_string());
+        if ctx._at_backend.is_none() {
+            match self.shared.limiter.to_backend(&site) {
+                Some(guard) => ctx._at_backend = guard,
+                None => {
+                    // Under attack, the site's backends are busy: a stale
+                    // copy is served if there is one (an upstream error),
+                    // else 503.
+                    self.shared.metrics.limited.with_label_values(&["backend"]).inc();
+                    return Err(unavailable("the site is under attack and its backends are busy"));
+                }
+            }
+        }
+        ctx.tried.push(upstream.backend.name.clone());
         let settings = &self.shared.settings;
         let mut peer = HttpPeer::new(upstream.addr, false, String::new());
         peer.options.connection_timeout = Some(settings.upstream_connect_timeout);
         peer.options.read_timeout = Some(settings.upstream_read_timeout);
         peer.options.idle_timeout = Some(settings.upstream_idle_timeout);
+        if upstream.proxy_protocol {
+            let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| a.and_then(|a| a.as_inet()).copied();
+            if let (Some(client), Some(local)) = (inet(session.client_addr()), inet(session.server_addr())) {
+                let connect = ProxyV2Connect::new(client, local, settings.upstream_connect_timeout);
+                peer.options.custom_l4 = Some(Arc::new(connect));
+                peer.group_key = ProxyV2Connect::group_key(client, local);
+            }
+        }
         ctx.upstream = Some(upstream);
         Ok(Box::new(peer))
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let (Some(cache), Some(site)) = (&self.shared.cache, &ctx.site) else { return Ok(()) };
+        let method = &session.req_header().method;
+        let cacheable = method == http::Method::GET || method == http::Method::HEAD;
+        if site.policy.cache.enabled && cacheable && !session.is_upgrade_req() {
+            session.cache.enable(cache.store, Some(cache.eviction), None, Some(cache.lock), None);
+            session.cache.set_max_file_size_bytes(cache.max_object);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<pingora::cache::CacheKey> {
+        let site = ctx.site.as_ref().map_or("", |s| &*s.name);
+        let req = session.req_header();
+        let host = request_host(req).and_then(router::host_of).unwrap_or("");
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        Ok(cache::key(site, host.trim_end_matches('.'), path))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<pingora::cache::RespCacheable> {
+        let authorization = session.req_header().headers.contains_key(http::header::AUTHORIZATION);
+        let default_ttl = ctx.site.as_ref().map_or(0, |s| s.policy.cache.default_ttl_secs);
+        let declared: Option<usize> =
+            resp.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        let max = self.shared.cache.as_ref().map_or(0, |c| c.max_object);
+        if declared.is_some_and(|n| n > max) {
+            // Pingora's size tracker stops bodies without a length.
+            return Ok(pingora::cache::RespCacheable::Uncacheable(pingora::cache::NoCacheReason::ResponseTooLarge));
+        }
+        let verdict = cache::response_cacheable(resp, authorization, default_ttl);
+        ctx.stored = matches!(verdict, pingora::cache::RespCacheable::Cacheable(_));
+        Ok(verdict)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &pingora::cache::CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<pingora::cache::key::HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(&self, session: &mut Session, ctx: &mut Ctx, error: Option<&Error>) -> bool {
+        if error.is_some_and(|e| e.esource() != &pingora::ErrorSource::Upstream) {
+            return false;
+        }
+        let under_attack = ctx.site.as_ref().is_some_and(|s| s.protection == routing_table::Protection::UnderAttack);
+        cache::stale_allowed(session.cache.cache_meta(), std::time::SystemTime::now(), error.is_some(), under_attack)
+    }
+
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if ctx.answered.is_some() || ctx.site.is_none() || self.shared.cache.is_none() {
+            return Ok(());
+        }
+        let outcome = Outcome::of(&session.cache.phase());
+        let ttl = match outcome {
+            Outcome::Hit | Outcome::Stale | Outcome::Revalidated => {
+                Some(cache::ttl(session.cache.cache_meta(), std::time::SystemTime::now()))
+            }
+            _ => None,
+        };
+        ctx.cache = Some(outcome);
+        resp.insert_header("cache-status", cache::cache_status(outcome, ttl, ctx.stored))?;
+        Ok(())
     }
 
     fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
@@ -149,7 +340,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         up: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         let client = client_ip(session);
         let trusted = self.shared.settings.trusted_proxies.iter().any(|n| n.contains(&client));
@@ -160,7 +351,7 @@ impl ProxyHttp for Proxy {
         up.insert_header("x-forwarded-for", forwarded)?;
         let keep_proto = trusted && up.headers.contains_key("x-forwarded-proto");
         if !keep_proto {
-            up.insert_header("x-forwarded-proto", "http")?;
+            up.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
         }
         if let Some(host) = up.headers.get(http::header::HOST).cloned() {
             if !(trusted && up.headers.contains_key("x-forwarded-host")) {
@@ -173,7 +364,7 @@ impl ProxyHttp for Proxy {
     /// A request that could not be proxied gets the edge's page: 503 with
     /// Retry-After when no backend could take it, 502 when the one that
     /// took it failed.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let page = match e.etype() {
             ErrorType::HTTPStatus(503) => Some(Page::NoBackend),
             _ if e.esource() == &pingora::ErrorSource::Upstream => Some(Page::BadGateway),
@@ -181,9 +372,7 @@ impl ProxyHttp for Proxy {
         };
         let code = match page {
             Some(page) => {
-                let retry: Vec<(&str, String)> =
-                    page.retry_after().map(|s| ("retry-after", s.to_string())).into_iter().collect();
-                if let Err(e) = respond(session, page.status(), page.body(), &retry).await {
+                if let Err(e) = self.page(session, ctx, page).await {
                     tracing::debug!(error = %e, "http: could not send the error page");
                 }
                 page.status()
@@ -209,7 +398,14 @@ impl ProxyHttp for Proxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let metrics = &self.shared.metrics;
         metrics.requests.with_label_values(&[status_class(status)]).inc();
+        if let Some(site) = &ctx.site {
+            let label = if self.shared.settings.metrics_sites.contains(&*site.name) { &*site.name } else { "other" };
+            metrics.site_requests.with_label_values(&[label, status_class(status)]).inc();
+        }
         metrics.duration.observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(outcome) = ctx.cache {
+            metrics.cache.with_label_values(&[outcome.label()]).inc();
+        }
         if let Some(e) = e {
             if ctx.upstream.is_some() && ctx.answered.is_none() {
                 metrics.upstream_errors.with_label_values(&["proxy"]).inc();
@@ -220,12 +416,13 @@ impl ProxyHttp for Proxy {
         tracing::info!(
             client = %client_ip(session),
             method = %req.method,
-            host = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or(""),
+            host = request_host(req).unwrap_or(""),
             path = req.uri.path(),
             status,
             site = ctx.site.as_ref().map_or("", |s| &*s.name),
             backend = ctx.upstream.as_ref().map_or("", |u| &*u.backend.name),
             answered = ctx.answered.unwrap_or(""),
+            cache = ctx.cache.map_or("", |c| c.label()),
             ms = ctx.started.elapsed().as_millis() as u64,
             "http request"
         );
@@ -241,6 +438,9 @@ fn page_label(page: Page) -> &'static str {
         Page::Maintenance => "maintenance",
         Page::NoBackend => "no_backend",
         Page::BadGateway => "bad_gateway",
+        Page::Misdirected => "misdirected",
+        Page::TooLarge => "too_large",
+        Page::TooManyRequests => "limited",
     }
 }
 

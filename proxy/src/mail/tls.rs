@@ -51,27 +51,9 @@ pub fn server_config(
 }
 
 fn self_signed(dir: &Path, names: &[String]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let made = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| e.to_string())?;
-    let write = |name: &str, text: String, mode: u32| -> Result<(), String> {
-        let path = dir.join(name);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    write("key.pem", made.signing_key.serialize_pem(), 0o600)?;
-    write("cert.pem", made.cert.pem(), 0o644)
+    crate::files::write_whole(dir, "key.pem", &made.signing_key.serialize_pem(), 0o600)?;
+    crate::files::write_whole(dir, "cert.pem", &made.cert.pem(), 0o644)
 }
 
 /// The client side towards backends: verified against `ca` when given;

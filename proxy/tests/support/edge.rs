@@ -10,6 +10,16 @@ use proxy::control::client::{Answer, Client};
 use proxy::{Config, Edge};
 use tokio::sync::watch;
 
+/// A child process (a test's server) killed with SIGKILL when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn seed_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example-routes.json")
 }

@@ -1,0 +1,316 @@
+//! Guards on each client connection, in front of Pingora's HTTP handling.
+//! Pingora 0.9 has no hook before it reads a request header (it reads with
+//! a 60 s timeout per read, so a client can trickle a header for ever) and
+//! no notice when a connection closes. So the proxy's Pingora app is
+//! wrapped ([`Guarded`]): it sees each connection once its TLS handshake
+//! (if any) is done, for as long as it lives, and
+//!
+//! - counts the client address's open connections, HTTP and HTTPS together
+//!   (`max_connections_per_ip`, the shared [`crate::limits::Limits`]); a
+//!   connection over the limit is closed at once;
+//! - gives each request header a deadline (`header_timeout_secs`, like
+//!   nginx's `client_header_timeout` or HAProxy's `timeout http-request`):
+//!   from the connection for its first request, and from the first byte of
+//!   each later keepalive request. The header is over at its blank line;
+//!   bodies, upgraded connections and HTTP/2 after its preface are not
+//!   timed here. A late header closes the connection.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use prometheus::IntCounterVec;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// The proxy's Pingora app `A` with the connection guards.
+pub struct Guarded<A> {
+    inner: Arc<A>,
+    limits: Option<crate::limits::Limits>,
+    header_timeout: Option<Duration>,
+    /// `edge_http_limited_total`: `connections`, `header_timeout`.
+    limited: IntCounterVec,
+}
+
+impl<A> Guarded<A> {
+    pub fn new(inner: A, max_per_ip: usize, header_timeout: Option<Duration>, limited: IntCounterVec) -> Self {
+        let limits = (max_per_ip > 0).then(|| crate::limits::Limits::new(max_per_ip, u32::MAX));
+        Guarded { inner: Arc::new(inner), limits, header_timeout, limited }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let ip = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Held for the connection's whole life: this call loops over its
+        // keepalive requests and returns when it closes.
+        let _counted = match (&self.limits, ip) {
+            (Some(limits), Some(ip)) => match limits.connect(ip) {
+                Some(c) => Some(c),
+                None => {
+                    self.limited.with_label_values(&["connections"]).inc();
+                    tracing::debug!(client = %ip, "http: too many connections from this address; closed");
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        let (mut stream, rearm): (Stream, _) = match self.header_timeout {
+            Some(timeout) => {
+                let timed = HeaderTimed::new(stream, timeout, self.limited.with_label_values(&["header_timeout"]));
+                let rearm = Arc::clone(&timed.rearm);
+                (Box::new(timed), Some(rearm))
+            }
+            None => (stream, None),
+        };
+        loop {
+            stream = self.inner.process_new(stream, shutdown).await?;
+            // A keepalive request follows: its header is timed from its
+            // first byte.
+            if let Some(r) = &rearm {
+                r.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+/// Where a connection's header deadline stands.
+enum Phase {
+    /// Between requests, or after a header: not timed.
+    Off,
+    /// A keepalive request may come: timed from its first byte.
+    WaitFirstByte,
+    /// Reading a header: it must end before this.
+    Header(Pin<Box<Sleep>>),
+}
+
+/// A client stream whose request headers must arrive in time.
+struct HeaderTimed {
+    inner: Stream,
+    timeout: Duration,
+    phase: Phase,
+    /// Set by [`Guarded`] when the connection goes back for another
+    /// request.
+    rearm: Arc<AtomicBool>,
+    /// The last bytes read, to see a header's blank line across reads.
+    tail: u32,
+    late: prometheus::IntCounter,
+}
+
+impl HeaderTimed {
+    fn new(inner: Stream, timeout: Duration, late: prometheus::IntCounter) -> Self {
+        let phase = Phase::Header(Box::pin(tokio::time::sleep(timeout)));
+        HeaderTimed { inner, timeout, phase, rearm: Arc::new(AtomicBool::new(false)), tail: 0, late }
+    }
+
+    /// Looks for the header's end (CRLF CRLF, or LF LF) in what was read.
+    fn saw(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            self.tail = (self.tail << 8) | u32::from(b);
+            if self.tail == 0x0d0a_0d0a || self.tail & 0xffff == 0x0a0a {
+                self.tail = 0;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl std::fmt::Debug for HeaderTimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderTimed").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for HeaderTimed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.rearm.swap(false, Ordering::AcqRel) {
+            this.phase = Phase::WaitFirstByte;
+            this.tail = 0;
+        }
+        if matches!(this.phase, Phase::Off) {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled().len();
+                if filled > before {
+                    if matches!(this.phase, Phase::WaitFirstByte) {
+                        this.phase = Phase::Header(Box::pin(tokio::time::sleep(this.timeout)));
+                    }
+                    if this.saw(&buf.filled()[before..filled]) {
+                        this.phase = Phase::Off;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let late = match &mut this.phase {
+                    Phase::Header(sleep) => sleep.as_mut().poll(cx).is_ready(),
+                    _ => false,
+                };
+                if !late {
+                    return Poll::Pending;
+                }
+                this.late.inc();
+                this.phase = Phase::Off;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("request header not complete within {:?}", this.timeout),
+                )))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HeaderTimed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeaderTimed {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeaderTimed {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderTimed {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderTimed {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderTimed {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeaderTimed {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderTimed {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn timed(timeout_ms: u64) -> (HeaderTimed, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        (HeaderTimed::new(Box::new(ours), Duration::from_millis(timeout_ms), counter), theirs)
+    }
+
+    #[tokio::test]
+    async fn a_header_trickled_past_the_deadline_is_cut_off() {
+        let (mut s, mut client) = timed(200);
+        let mut buf = [0u8; 64];
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        client.write_all(b"X-A: 1\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0, "in time");
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(s.late.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_whole_header_stops_the_clock_and_keepalive_waits_for_a_first_byte() {
+        let (mut s, mut client) = timed(100);
+        let mut buf = [0u8; 64];
+        client.write_all(b"GET / HTTP/1.1\r\nHost: a\r").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        client.write_all(b"\n\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        // A body, slowly: not timed.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.write_all(b"body").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 4);
+        // Keepalive: idle is not counted, the next header is.
+        s.rearm.store(true, Ordering::Release);
+        let idle = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client.write_all(b"GET /2 HTTP/1.1\r\n").await.unwrap();
+            client
+        });
+        assert!(s.read(&mut buf).await.unwrap() > 0, "the idle wait did not count");
+        let _client = idle.await.unwrap();
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "the second header never ended");
+    }
+}

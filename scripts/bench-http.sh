@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The HTTP proxy against nginx (proxy_pass, proxy_cache), HAProxy (plain,
+# cache) and Varnish, in one run of ../shared/bench/http-peers.sh, with a
+# release `edge` as the extra column: uncached proxying (/nocache/, no-store)
+# and cache hits (/cache/, max-age=3600) for 1 KiB and 100 KiB over
+# HTTP/1.1 keepalive, HTTP/2 over TLS, and new TLS handshakes per second.
+# Edge gets the same treatment as the peers: one worker thread, pinned to
+# the SUT cpu by the script, logging at warn, a default site for every Host
+# proxying to the origin 127.0.0.1:18080.
+#
+# Usage: scripts/bench-http.sh [extra http-peers.sh options], e.g.
+#   scripts/bench-http.sh --rounds 3 --duration 10
+# Installs the peers and load generators when missing (as root). The edge's
+# files live in a temporary directory, removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+peers=../shared/bench/http-peers.sh
+[ -x "$peers" ] || { echo "bench-http: $peers not found (the shared bench scripts)" >&2; exit 1; }
+for pkg in nginx-light haproxy varnish wrk nghttp2-client; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y "$pkg" >/dev/null
+done
+cargo build --release --locked --bins -q
+dir=$(mktemp -d /tmp/edge-bench-http.XXXXXX)
+trap 'rm -rf "$dir"' EXIT
+cat > "$dir/routes.json" <<JSON
+{"comment": "bench: every Host to the origin", "ops": [
+  {"op": "put", "entity": {"kind": "backend", "name": "origin", "addresses": ["127.0.0.1"]}},
+  {"op": "put", "entity": {"kind": "site", "name": "bench", "hosts": ["localhost"],
+    "backends": [{"backend": "origin", "port": 18080}]}}
+]}
+JSON
+cat > "$dir/edge.toml" <<TOML
+[edge]
+data_dir = "$dir/var"
+[store]
+seed = "$dir/routes.json"
+[control]
+socket = "$dir/var/control.sock"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+level = "warn"
+[http]
+listen = ["127.0.0.1:18090"]
+tls_listen = ["127.0.0.1:18490"]
+self_signed_names = ["localhost"]
+threads = 1
+default_site = "bench"
+TOML
+"$peers" --extra-name edge --extra-port 18090 --extra-tls-port 18490 \
+    --extra-hs-path /cache/1k.bin --extra-cmd "$PWD/target/release/edge --config $dir/edge.toml" "$@"
