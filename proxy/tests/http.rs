@@ -952,9 +952,23 @@ async fn a_graceful_upgrade_hands_the_listeners_over_without_a_failed_request() 
         assert!(Instant::now() < deadline, "the new edge did not wait on {}", upgrade_sock.display());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A connection the old edge accepted, whose request comes only after
+    // the old edge closed its listeners (5 s after SIGQUIT, Pingora's
+    // hand-off wait): it must be served, not reset. Pingora's shutdown
+    // cleanup closed it while it waited for its first request; a client
+    // whose request crossed that moment got a reset (seen once in CI).
+    let mut late = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let old_pid = w.edge.child.id();
     std::process::Command::new("kill").args(["-QUIT", &old_pid.to_string()]).status().unwrap();
     let handed = Instant::now();
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        late.write_all(b"GET / HTTP/1.1\r\nHost: blog.test\r\n\r\n").await?;
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), late.read_to_end(&mut raw)).await??;
+        std::io::Result::Ok(String::from_utf8_lossy(&raw).into_owned())
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     let exit = loop {
         if let Some(status) = w.edge.child.try_wait().unwrap() {
@@ -965,6 +979,9 @@ async fn a_graceful_upgrade_hands_the_listeners_over_without_a_failed_request() 
     };
     assert!(exit.success(), "the old edge exited with {exit}");
     let old_gone = handed.elapsed();
+    let late = late.await.unwrap().expect("the late request on the old edge's connection");
+    assert!(late.starts_with("HTTP/1.1 200") && late.contains("\r\n\r\nb1 "), "{late:?}");
+    assert!(late.to_ascii_lowercase().contains("connection: close"), "{late}");
     // The new edge answers the control socket and both HTTP listeners.
     let status = new.ready().await;
     assert_eq!(status.body["pid"], new.child.id(), "{:?}", status.body);

@@ -13,7 +13,14 @@
 //!   from the connection for its first request, and from the first byte of
 //!   each later keepalive request. The header is over at its blank line;
 //!   bodies, upgraded connections and HTTP/2 after its preface are not
-//!   timed here. A late header closes the connection.
+//!   timed here. A late header closes the connection;
+//! - on shutdown (and on the upgrade's hand-off), holds back Pingora's
+//!   cleanup, which closes every connection waiting for a request, until
+//!   the HTTP/1 connections still waiting for their *first* request have
+//!   had it (at most the header deadline, 10 s without one). They were
+//!   accepted before the listeners closed, and their client may have sent
+//!   the request already: closing them reset it (nginx serves them too).
+//!   Idle keepalive connections are closed as before.
 
 use std::future::Future;
 use std::io;
@@ -40,12 +47,56 @@ pub struct Guarded<A> {
     header_timeout: Option<Duration>,
     /// `edge_http_limited_total`: `connections`, `header_timeout`.
     limited: IntCounterVec,
+    /// HTTP/1 connections whose first request is not done yet.
+    fresh: Arc<Fresh>,
 }
+
+/// How long the shutdown's cleanup waits for first requests when there is
+/// no header deadline.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(10);
 
 impl<A> Guarded<A> {
     pub fn new(inner: A, max_per_ip: usize, header_timeout: Option<Duration>, limited: IntCounterVec) -> Self {
         let limits = (max_per_ip > 0).then(|| crate::limits::Limits::new(max_per_ip, u32::MAX));
-        Guarded { inner: Arc::new(inner), limits, header_timeout, limited }
+        Guarded { inner: Arc::new(inner), limits, header_timeout, limited, fresh: Arc::default() }
+    }
+}
+
+/// A count of connections, with a wake-up when it reaches zero.
+#[derive(Default)]
+struct Fresh {
+    count: std::sync::atomic::AtomicUsize,
+    none: tokio::sync::Notify,
+}
+
+/// One connection counted in [`Fresh`] while it lives.
+struct FreshGuard(Arc<Fresh>);
+
+impl Fresh {
+    fn enter(self: &Arc<Self>) -> FreshGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        FreshGuard(Arc::clone(self))
+    }
+
+    /// Resolves once no connection is counted.
+    async fn none_left(&self) {
+        loop {
+            let notified = self.none.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for FreshGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none.notify_waiters();
+        }
     }
 }
 
@@ -66,6 +117,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             },
             _ => None,
         };
+        // HTTP/2 connections live on in one call of Pingora's; they are not
+        // waiting for a first request the way HTTP/1 ones are.
+        let h2 = matches!(stream.selected_alpn_proto(), Some(pingora::protocols::ALPN::H2));
+        let mut first = (!h2).then(|| self.fresh.enter());
         let (mut stream, rearm): (Stream, _) = match self.header_timeout {
             Some(timeout) => {
                 let timed = HeaderTimed::new(stream, timeout, self.limited.with_label_values(&["header_timeout"]));
@@ -76,6 +131,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         };
         loop {
             stream = self.inner.process_new(stream, shutdown).await?;
+            drop(first.take());
             // A keepalive request follows: its header is timed from its
             // first byte.
             if let Some(r) = &rearm {
@@ -84,7 +140,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         }
     }
 
+    /// Called once the listeners are closed. Pingora's cleanup closes the
+    /// connections waiting for a request; those waiting for their first
+    /// get until the header deadline to send it. Requests read after the
+    /// shutdown began get `Connection: close` (Pingora), so nothing waits
+    /// longer than that, and the drain period bounds it all.
     async fn cleanup(&self) {
+        let wait = self.header_timeout.unwrap_or(FIRST_REQUEST_WAIT);
+        if tokio::time::timeout(wait, self.fresh.none_left()).await.is_err() {
+            tracing::debug!("http: shutdown: connections still without a first request are closed");
+        }
         self.inner.cleanup().await;
     }
 }
@@ -274,6 +339,24 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(4096);
         let counter = prometheus::IntCounter::new("t", "t").unwrap();
         (HeaderTimed::new(Box::new(ours), Duration::from_millis(timeout_ms), counter), theirs)
+    }
+
+    #[tokio::test]
+    async fn the_cleanup_waits_until_no_first_request_is_pending() {
+        let fresh = Arc::new(Fresh::default());
+        fresh.none_left().await;
+        let a = fresh.enter();
+        let b = fresh.enter();
+        let wait = tokio::spawn({
+            let fresh = Arc::clone(&fresh);
+            async move { fresh.none_left().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!wait.is_finished(), "one connection is still waiting");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(2), wait).await.unwrap().unwrap();
     }
 
     #[tokio::test]
