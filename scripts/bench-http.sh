@@ -20,6 +20,7 @@ for pkg in nginx-light haproxy varnish wrk nghttp2-client; do
     dpkg -s "$pkg" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y "$pkg" >/dev/null
 done
 cargo build --release --locked --bins -q
+edge_bin="${CARGO_TARGET_DIR:-$PWD/target}/release/edge"
 dir=$(mktemp -d /tmp/edge-bench-http.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 cat > "$dir/routes.json" <<JSON
@@ -48,4 +49,4 @@ threads = 1
 default_site = "bench"
 TOML
 "$peers" --extra-name edge --extra-port 18090 --extra-tls-port 18490 \
-    --extra-hs-path /cache/1k.bin --extra-cmd "$PWD/target/release/edge --config $dir/edge.toml" "$@"
+    --extra-hs-path /cache/1k.bin --extra-cmd "$edge_bin --config $dir/edge.toml" "$@"
