@@ -47,7 +47,8 @@ pub struct Guarded<A> {
     header_timeout: Option<Duration>,
     /// `edge_http_limited_total`: `connections`, `header_timeout`.
     limited: IntCounterVec,
-    /// HTTP/1 connections whose first request is not done yet.
+    /// HTTP/1 connections waiting for their first request: until its
+    /// header is read (without a header deadline: until it is done).
     fresh: Arc<Fresh>,
 }
 
@@ -123,7 +124,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let mut first = (!h2).then(|| self.fresh.enter());
         let (mut stream, rearm): (Stream, _) = match self.header_timeout {
             Some(timeout) => {
-                let timed = HeaderTimed::new(stream, timeout, self.limited.with_label_values(&["header_timeout"]));
+                let mut timed = HeaderTimed::new(stream, timeout, self.limited.with_label_values(&["header_timeout"]));
+                // Counted until the first header's blank line, not for the
+                // whole first request (which may be a long download or an
+                // upgraded connection).
+                timed.first = first.take();
                 let rearm = Arc::clone(&timed.rearm);
                 (Box::new(timed), Some(rearm))
             }
@@ -175,12 +180,15 @@ struct HeaderTimed {
     /// The last bytes read, to see a header's blank line across reads.
     tail: u32,
     late: prometheus::IntCounter,
+    /// Counts the connection as waiting for its first request, until its
+    /// first header is read (or is late).
+    first: Option<FreshGuard>,
 }
 
 impl HeaderTimed {
     fn new(inner: Stream, timeout: Duration, late: prometheus::IntCounter) -> Self {
         let phase = Phase::Header(Box::pin(tokio::time::sleep(timeout)));
-        HeaderTimed { inner, timeout, phase, rearm: Arc::new(AtomicBool::new(false)), tail: 0, late }
+        HeaderTimed { inner, timeout, phase, rearm: Arc::new(AtomicBool::new(false)), tail: 0, late, first: None }
     }
 
     /// Looks for the header's end (CRLF CRLF, or LF LF) in what was read.
@@ -222,6 +230,7 @@ impl AsyncRead for HeaderTimed {
                     }
                     if this.saw(&buf.filled()[before..filled]) {
                         this.phase = Phase::Off;
+                        this.first = None;
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -237,6 +246,7 @@ impl AsyncRead for HeaderTimed {
                 }
                 this.late.inc();
                 this.phase = Phase::Off;
+                this.first = None;
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("request header not complete within {:?}", this.timeout),
@@ -357,6 +367,20 @@ mod tests {
         assert!(!wait.is_finished(), "one connection is still waiting");
         drop(b);
         tokio::time::timeout(Duration::from_secs(2), wait).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_first_header_ends_the_wait_for_a_first_request() {
+        let fresh = Arc::new(Fresh::default());
+        let (mut s, mut client) = timed(1000);
+        s.first = Some(fresh.enter());
+        let mut buf = [0u8; 64];
+        client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(fresh.count.load(Ordering::Acquire), 1, "the header is not over");
+        client.write_all(b"\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(fresh.count.load(Ordering::Acquire), 0, "the header is over");
     }
 
     #[tokio::test]
