@@ -19,7 +19,7 @@
 //!   the HTTP/1 connections still waiting for their *first* request have
 //!   had it (at most the header deadline, 10 s without one). They were
 //!   accepted before the listeners closed, and their client may have sent
-//!   the request already: closing them reset it (nginx serves them too).
+//!   the request already: closing them reset it.
 //!   Idle keepalive connections are closed as before.
 
 use std::future::Future;
