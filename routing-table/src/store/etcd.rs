@@ -55,12 +55,26 @@ enum Resend {
 
 impl Resend {
     fn again(self, e: &etcd_client::Error) -> bool {
+        if refused(e) {
+            return false;
+        }
         let text = e.to_string();
         // The client balances over every endpoint, dead members included: a
         // connection refused means the request never left.
         let unsent = text.contains("tcp connect error") || text.contains("no leader");
         unsent || matches!(self, Resend::Read)
     }
+}
+
+/// etcd answered, and the answer will not change on a retry: a key the
+/// user may not touch (RBAC), or a request etcd rejects (too large, too
+/// many operations). Sending it again only hid the answer behind "no
+/// answer in N ms" when the last try was still out at the deadline (seen
+/// once in CI, on a loaded machine). An expired auth token
+/// (UNAUTHENTICATED) is still sent again.
+fn refused(e: &etcd_client::Error) -> bool {
+    // gRPC status codes: INVALID_ARGUMENT 3, PERMISSION_DENIED 7.
+    matches!(e, etcd_client::Error::GRpcStatus(status) if matches!(status.code() as i32, 3 | 7))
 }
 
 /// Where the etcd cluster is and how to log in, from `[store.etcd]`.
