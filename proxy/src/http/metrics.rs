@@ -1,11 +1,15 @@
-//! `edge_http_*` metrics. Labels are bounded: status class (6) and upstream
-//! error kind (2), cache result (5); no site, host or backend label yet.
+//! `edge_http_*` metrics. Labels are bounded: status class (6), upstream
+//! error kind (2), cache result (5), limit (5); sites only those named in
+//! `http.metrics_sites` (the rest are `other`); backends by table upstream.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct HttpMetrics {
     pub requests: IntCounterVec,
+    /// `requests` by status class, resolved once: the per-request count
+    /// does no label lookup.
+    by_class: [IntCounter; 6],
     pub duration: Histogram,
     pub upstream_errors: IntCounterVec,
     pub cache: IntCounterVec,
@@ -33,11 +37,14 @@ impl HttpMetrics {
     }
 
     pub fn unregistered() -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new("edge_http_requests_total", "HTTP requests by response status class (none: no response)."),
+            &["status_class"],
+        )?;
+        let by_class = STATUS_CLASSES.map(|class| requests.with_label_values(&[class]));
         let m = Self {
-            requests: IntCounterVec::new(
-                Opts::new("edge_http_requests_total", "HTTP requests by response status class (none: no response)."),
-                &["status_class"],
-            )?,
+            requests,
+            by_class,
             duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "edge_http_request_seconds",
@@ -88,12 +95,48 @@ impl HttpMetrics {
         for result in ["hit", "miss", "stale", "revalidated", "bypass"] {
             m.cache.with_label_values(&[result]);
         }
-        for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "none"] {
-            m.requests.with_label_values(&[class]);
-        }
         for kind in ["connect", "proxy"] {
             m.upstream_errors.with_label_values(&[kind]);
         }
         Ok(m)
+    }
+
+    /// Counts one request in `edge_http_requests_total`.
+    pub fn count_request(&self, status: u16) {
+        self.by_class[class_index(status)].inc();
+    }
+}
+
+/// The `status_class` label values, in [`class_index`] order.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
+    }
+}
+
+/// A status's class label: `2xx`, … or `none` (no response).
+pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[class_index(status)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(101), "1xx");
+        assert_eq!(status_class(200), "2xx");
+        assert_eq!(status_class(399), "3xx");
+        assert_eq!(status_class(404), "4xx");
+        assert_eq!(status_class(599), "5xx");
+        assert_eq!(status_class(0), "none");
+        assert_eq!(status_class(600), "none");
+        let m = HttpMetrics::unregistered().unwrap();
+        m.count_request(503);
+        assert_eq!(m.requests.with_label_values(&["5xx"]).get(), 1);
     }
 }

@@ -19,7 +19,7 @@ use routing_table::{Site, Snapshot, Table};
 use super::cache::{self, Cache, Outcome};
 use super::certs::Handshake;
 use super::config::Settings;
-use super::metrics::HttpMetrics;
+use super::metrics::{status_class, HttpMetrics};
 use super::router::{self, Decision, Page, Upstream};
 
 /// Attempts at most per request (the first and two retries on connect
@@ -397,7 +397,7 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let metrics = &self.shared.metrics;
-        metrics.requests.with_label_values(&[status_class(status)]).inc();
+        metrics.count_request(status);
         if let Some(site) = &ctx.site {
             let label = if self.shared.settings.metrics_sites.contains(&*site.name) { &*site.name } else { "other" };
             metrics.site_requests.with_label_values(&[label, status_class(status)]).inc();
@@ -441,16 +441,5 @@ fn page_label(page: Page) -> &'static str {
         Page::Misdirected => "misdirected",
         Page::TooLarge => "too_large",
         Page::TooManyRequests => "limited",
-    }
-}
-
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
     }
 }
