@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use support::{eventually, Killed, TestEdge};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    support::free_port("127.0.0.1")
 }
 
 /// Asks Prometheus for `query`; returns the first sample's value.

@@ -20,6 +20,22 @@ impl Drop for Killed {
     }
 }
 
+/// A port free on `ip` now, and never handed out before in this test
+/// process: tests run in parallel, and two of them picking the same free
+/// port before either binds it collide (seen: pebble's DNS and an edge's
+/// HTTP listener). Every test support module takes its ports here.
+pub fn free_port(ip: &str) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 pub fn seed_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example-routes.json")
 }

@@ -3,7 +3,7 @@
 //! node out of reach of etcd.
 #![allow(dead_code)] // each test file uses part of it
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 /// A free loopback port (bound, then released for the server to take).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    crate::support::free_port("127.0.0.1")
 }
 
 pub struct Member {

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 pub const PYTHON: &str = "/usr/bin/python3";
 
-pub fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
+pub use crate::support::free_port;
 
 fn wait_port(ip: &str, port: u16, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
