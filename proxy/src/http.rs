@@ -123,6 +123,8 @@ impl Http {
         let limiter = limits::Limiter::new(settings.under_attack);
         let (per_ip, header_timeout) = (settings.max_connections_per_ip, settings.header_timeout);
         let limited = metrics.limited.clone();
+        let mut metrics = metrics;
+        metrics.name_sites(settings.metrics_sites.iter().map(String::as_str));
         let shared = Arc::new(service::Shared {
             settings,
             table,

@@ -523,6 +523,20 @@ async fn the_cache_hits_revalidates_varies_coalesces_purges_and_serves_stale() {
         }
         assert_eq!(origin(&w), n + 2, "{path}");
     }
+    // A URL whose answers were not storable is skipped by the cache (its
+    // requests go straight to the origin, not through the cache lock) until
+    // an answer is storable: that one is stored and the next is a hit.
+    let flip = |cc: &'static str| async move { get(w.port, "blog.test", "/flip", &[("X-CC", cc)]).await.unwrap() };
+    let n = origin(&w);
+    for _ in 0..3 {
+        let r = flip("no-store").await;
+        assert_eq!((status_of(&r).as_str(), r.body.as_str()), ("edge; fwd=uri-miss", "b1 flip cc=no-store\n"));
+    }
+    let r = flip("max-age=60").await;
+    assert_eq!((status_of(&r).as_str(), r.body.as_str()), ("edge; fwd=uri-miss; stored", "b1 flip cc=max-age=60\n"));
+    let r = flip("no-store").await;
+    assert_eq!((status_of(&r).as_str(), r.body.as_str()), ("edge; hit", "b1 flip cc=max-age=60\n"));
+    assert_eq!(origin(&w), n + 4);
     // Vary: one entry per Accept-Language.
     let lang =
         |l: &'static str| async move { get(w.port, "blog.test", "/vary", &[("Accept-Language", l)]).await.unwrap() };

@@ -18,6 +18,7 @@ use pingora::cache::eviction::EvictionManager;
 use pingora::cache::filters::calculate_fresh_until;
 use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::predictor::Predictor;
 use pingora::cache::VarianceBuilder;
 use pingora::cache::{CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -27,6 +28,17 @@ use store::MemStore;
 
 /// Shards of the LRU.
 const LRU_SHARDS: usize = 16;
+
+/// Shards of the predictor, and URLs each remembers as not cacheable
+/// (16 × 4096: 65,536 URLs, about 3 MiB; the least recently marked go
+/// first).
+const PREDICTOR_SHARDS: usize = 16;
+const PREDICTOR_PER_SHARD: usize = 4096;
+
+/// Why a response to a request with `Authorization` is not stored: the
+/// reason the predictor does not remember, so the URL's anonymous requests
+/// still look in the cache.
+pub const AUTHORIZATION: NoCacheReason = NoCacheReason::Custom("authorization");
 
 /// Heuristic freshness is at most this long (RFC 9111 §4.2.2 suggests 10%
 /// of the time since Last-Modified; caches commonly cap it).
@@ -46,6 +58,13 @@ pub struct Cache {
     pub store: &'static MemStore,
     pub eviction: &'static Manager<LRU_SHARDS>,
     pub lock: &'static CacheKeyLockImpl,
+    /// Remembers URLs whose last response could not be stored. Their next
+    /// requests skip the lookup and the cache lock and go straight to the
+    /// backend, as they would have after waiting: without it, concurrent
+    /// requests for one uncacheable URL queue on the lock behind each other
+    /// (one fetch at a time). A bypassed request whose response turns out
+    /// storable is stored, and the URL forgotten (Pingora's proxy does both).
+    pub predictor: &'static Predictor<PREDICTOR_SHARDS>,
     /// Larger responses are not stored, so one big file cannot flush the
     /// cache.
     pub max_object: usize,
@@ -70,6 +89,7 @@ impl Cache {
             store: Box::leak(Box::default()),
             eviction: Box::leak(Box::new(Manager::with_capacity(capacity, per_shard))),
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
+            predictor: Box::leak(Box::new(Predictor::new(PREDICTOR_PER_SHARD, Some(|r| r == "authorization")))),
             max_object,
             capacity,
         })
@@ -107,7 +127,12 @@ pub fn key(site: &str, host: &str, path_and_query: &str) -> CacheKey {
     primary.extend(host.bytes().map(|b| b.to_ascii_lowercase()));
     primary.push(b'\n');
     primary.extend_from_slice(path_and_query.as_bytes());
-    CacheKey::new(primary, site)
+    // The same hash Pingora computes, once: it asks for it several times a
+    // request (lookup, lock, eviction, predictor).
+    let hash = pingora::cache::key::hash_key(&primary);
+    let mut key = CacheKey::new(primary, site);
+    key.set_primary_bin_override(hash);
+    key
 }
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
@@ -144,7 +169,10 @@ pub fn response_cacheable(resp: &ResponseHeader, authorization: bool, default_tt
         None => {
             let forbidden = cc.as_ref().is_some_and(|c| c.is_cacheable() == CcCacheable::No);
             let auth_blocks = authorization && !cc.as_ref().is_some_and(|c| c.allow_caching_authorized_req());
-            if forbidden || auth_blocks || !heuristically_cacheable(resp.status.as_u16()) {
+            if auth_blocks && !forbidden {
+                return RespCacheable::Uncacheable(AUTHORIZATION);
+            }
+            if forbidden || !heuristically_cacheable(resp.status.as_u16()) {
                 return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
             }
             match heuristic(resp, now, default_ttl_secs) {
@@ -259,19 +287,28 @@ impl Outcome {
             CachePhase::Stale | CachePhase::StaleUpdating => Outcome::Stale,
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Outcome::Revalidated,
             CachePhase::Miss | CachePhase::Expired => Outcome::Miss,
-            CachePhase::Disabled(NoCacheReason::OriginNotCache | NoCacheReason::ResponseTooLarge) => Outcome::Miss,
+            CachePhase::Disabled(
+                NoCacheReason::OriginNotCache
+                | NoCacheReason::ResponseTooLarge
+                | NoCacheReason::Custom("authorization"),
+            ) => Outcome::Miss,
             _ => Outcome::Bypass,
         }
     }
 
-    pub fn label(self) -> &'static str {
+    /// Its index in the metrics' `result` labels.
+    pub fn index(self) -> usize {
         match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::Stale => "stale",
-            Outcome::Revalidated => "revalidated",
-            Outcome::Bypass => "bypass",
+            Outcome::Hit => 0,
+            Outcome::Miss => 1,
+            Outcome::Stale => 2,
+            Outcome::Revalidated => 3,
+            Outcome::Bypass => 4,
         }
+    }
+
+    pub fn label(self) -> &'static str {
+        super::metrics::CACHE_RESULTS[self.index()]
     }
 }
 
@@ -357,12 +394,28 @@ mod tests {
         assert!(fresh_secs(&r).is_some());
         let r = response_cacheable(&resp(200, &[]), true, 30);
         assert_eq!(fresh_secs(&r), None, "the site default does not cache authorized answers");
+        assert!(matches!(r, RespCacheable::Uncacheable(AUTHORIZATION)), "{r:?}");
+    }
+
+    #[test]
+    fn the_predictor_remembers_urls_not_requests_with_authorization() {
+        use pingora::cache::predictor::CacheablePredictor;
+        let cache = Cache::new(1 << 20, 1 << 16, Duration::from_secs(1));
+        let (a, b) = (key("s", "h", "/no-store"), key("s", "h", "/private-answer"));
+        cache.predictor.mark_uncacheable(&a, NoCacheReason::OriginNotCache);
+        cache.predictor.mark_uncacheable(&b, AUTHORIZATION);
+        assert!(!cache.predictor.cacheable_prediction(&a));
+        assert!(cache.predictor.cacheable_prediction(&b));
+        cache.predictor.mark_cacheable(&a);
+        assert!(cache.predictor.cacheable_prediction(&a));
     }
 
     #[test]
     fn the_key_has_no_backend_and_frames_host_and_path() {
         let a = key("s", "Example.org", "/a?b");
         assert_eq!(a.primary_key(), b"example.org\n/a?b");
+        // The hash set once is the one Pingora would compute.
+        assert_eq!(a.primary_bin(), CacheKey::new(a.primary_key(), "s").primary_bin());
         assert_ne!(key("s", "example.org", "/x").primary_bin(), key("s", "example.orgx", "/").primary_bin());
     }
 

@@ -2,6 +2,9 @@
 //! error kind (2), cache result (5), limit (5); sites only those named in
 //! `http.metrics_sites` (the rest are `other`); backends by table upstream.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
@@ -20,6 +23,11 @@ pub struct HttpMetrics {
     /// By site (those in `metrics_sites`, the rest as `other`) and status
     /// class.
     pub site_requests: IntCounterVec,
+    /// `site_requests` resolved once per named site, and for `other`.
+    sites: Arc<HashMap<String, [IntCounter; 6]>>,
+    other_site: [IntCounter; 6],
+    /// `cache` by result, in [`CACHE_RESULTS`] order.
+    by_cache: [IntCounter; 5],
 }
 
 impl HttpMetrics {
@@ -42,9 +50,30 @@ impl HttpMetrics {
             &["status_class"],
         )?;
         let by_class = STATUS_CLASSES.map(|class| requests.with_label_values(&[class]));
+        let cache = IntCounterVec::new(
+            Opts::new(
+                "edge_http_cache_total",
+                "Responses by what the cache did (hit, miss, stale, revalidated, bypass).",
+            ),
+            &["result"],
+        )?;
+        let by_cache = CACHE_RESULTS.map(|result| cache.with_label_values(&[result]));
+        let site_requests = IntCounterVec::new(
+            Opts::new(
+                "edge_http_site_requests_total",
+                "HTTP requests routed to a site, by site (http.metrics_sites; the rest are `other`) and status class.",
+            ),
+            &["site", "status_class"],
+        )?;
+        let other_site = STATUS_CLASSES.map(|class| site_requests.with_label_values(&["other", class]));
         let m = Self {
             requests,
             by_class,
+            cache,
+            by_cache,
+            site_requests,
+            other_site,
+            sites: Arc::default(),
             duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "edge_http_request_seconds",
@@ -55,13 +84,6 @@ impl HttpMetrics {
             upstream_errors: IntCounterVec::new(
                 Opts::new("edge_http_upstream_errors_total", "Upstream failures by kind (connect, proxy)."),
                 &["kind"],
-            )?,
-            cache: IntCounterVec::new(
-                Opts::new(
-                    "edge_http_cache_total",
-                    "Responses by what the cache did (hit, miss, stale, revalidated, bypass).",
-                ),
-                &["result"],
             )?,
             upstream_healthy: IntGaugeVec::new(
                 Opts::new(
@@ -81,19 +103,9 @@ impl HttpMetrics {
                 "edge_http_tls_handshakes_total",
                 "TLS handshakes completed on the HTTPS listeners (failed ones are logged by Pingora).",
             )?,
-            site_requests: IntCounterVec::new(
-                Opts::new(
-                    "edge_http_site_requests_total",
-                    "HTTP requests routed to a site, by site (http.metrics_sites; the rest are `other`) and status class.",
-                ),
-                &["site", "status_class"],
-            )?,
         };
         for limit in ["rate", "concurrency", "backend", "connections", "header_timeout"] {
             m.limited.with_label_values(&[limit]);
-        }
-        for result in ["hit", "miss", "stale", "revalidated", "bypass"] {
-            m.cache.with_label_values(&[result]);
         }
         for kind in ["connect", "proxy"] {
             m.upstream_errors.with_label_values(&[kind]);
@@ -105,7 +117,32 @@ impl HttpMetrics {
     pub fn count_request(&self, status: u16) {
         self.by_class[class_index(status)].inc();
     }
+
+    /// Gives these sites their own `site` label (`http.metrics_sites`).
+    pub fn name_sites<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        let sites = names
+            .into_iter()
+            .map(|name| (name.to_string(), STATUS_CLASSES.map(|c| self.site_requests.with_label_values(&[name, c]))))
+            .collect();
+        self.sites = Arc::new(sites);
+    }
+
+    /// Counts one request routed to `site` in `edge_http_site_requests_total`.
+    pub fn count_site(&self, site: &str, status: u16) {
+        let counters = self.sites.get(site).unwrap_or(&self.other_site);
+        counters[class_index(status)].inc();
+    }
+
+    /// Counts one response in `edge_http_cache_total` by its result
+    /// ([`CACHE_RESULTS`] index).
+    pub fn count_cache(&self, result: usize) {
+        self.by_cache[result].inc();
+    }
 }
+
+/// The `result` label values of `edge_http_cache_total`; the cache's
+/// `Outcome` indexes them.
+pub const CACHE_RESULTS: [&str; 5] = ["hit", "miss", "stale", "revalidated", "bypass"];
 
 /// The `status_class` label values, in [`class_index`] order.
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
@@ -125,6 +162,19 @@ pub fn status_class(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_sites_get_their_label_and_the_rest_count_as_other() {
+        let mut m = HttpMetrics::unregistered().unwrap();
+        m.name_sites(["shop"]);
+        m.count_site("shop", 200);
+        m.count_site("shop", 503);
+        m.count_site("blog", 200);
+        let get = |site: &str, class: &str| m.site_requests.with_label_values(&[site, class]).get();
+        assert_eq!((get("shop", "2xx"), get("shop", "5xx"), get("other", "2xx")), (1, 1, 1));
+        m.count_cache(0);
+        assert_eq!(m.cache.with_label_values(&["hit"]).get(), 1);
+    }
 
     #[test]
     fn status_classes() {

@@ -19,7 +19,7 @@ use routing_table::{Site, Snapshot, Table};
 use super::cache::{self, Cache, Outcome};
 use super::certs::Handshake;
 use super::config::Settings;
-use super::metrics::{status_class, HttpMetrics};
+use super::metrics::HttpMetrics;
 use super::router::{self, Decision, Page, Upstream};
 
 /// Attempts at most per request (the first and two retries on connect
@@ -260,7 +260,7 @@ impl ProxyHttp for Proxy {
         let method = &session.req_header().method;
         let cacheable = method == http::Method::GET || method == http::Method::HEAD;
         if site.policy.cache.enabled && cacheable && !session.is_upgrade_req() {
-            session.cache.enable(cache.store, Some(cache.eviction), None, Some(cache.lock), None);
+            session.cache.enable(cache.store, Some(cache.eviction), Some(cache.predictor), Some(cache.lock), None);
             session.cache.set_max_file_size_bytes(cache.max_object);
         }
         Ok(())
@@ -399,12 +399,11 @@ impl ProxyHttp for Proxy {
         let metrics = &self.shared.metrics;
         metrics.count_request(status);
         if let Some(site) = &ctx.site {
-            let label = if self.shared.settings.metrics_sites.contains(&*site.name) { &*site.name } else { "other" };
-            metrics.site_requests.with_label_values(&[label, status_class(status)]).inc();
+            metrics.count_site(&site.name, status);
         }
         metrics.duration.observe(ctx.started.elapsed().as_secs_f64());
         if let Some(outcome) = ctx.cache {
-            metrics.cache.with_label_values(&[outcome.label()]).inc();
+            metrics.count_cache(outcome.index());
         }
         if let Some(e) = e {
             if ctx.upstream.is_some() && ctx.answered.is_none() {

@@ -40,6 +40,8 @@ impl Nginx {
                    return 200 \"{name} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto host=$http_x_forwarded_host uri=$request_uri\\n\";\n    }}\n\
                  location /cc/ {{\n      default_type text/plain;\n      add_header Cache-Control $arg_cc;\n\
                    return 200 \"{name} cached uri=$request_uri\\n\";\n    }}\n\
+                 location /flip {{\n      default_type text/plain;\n      add_header Cache-Control $http_x_cc;\n\
+                   return 200 \"{name} flip cc=$http_x_cc\\n\";\n    }}\n\
                  location /vary {{\n      default_type text/plain;\n      add_header Cache-Control max-age=60;\n\
                    add_header Vary Accept-Language;\n      return 200 \"{name} lang=$http_accept_language\\n\";\n    }}\n\
                  location /static/ {{\n      alias {d}/www/;\n      add_header Cache-Control $arg_cc;\n    }}\n\
