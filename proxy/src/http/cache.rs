@@ -9,6 +9,7 @@
 
 pub mod store;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -161,6 +162,9 @@ pub fn response_cacheable(resp: &ResponseHeader, authorization: bool, default_tt
     if vary_star {
         return RespCacheable::Uncacheable(NoCacheReason::Custom("vary-star"));
     }
+    if says_no_store(resp) {
+        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    }
     let cc = CacheControl::from_resp_headers(resp);
     let now = SystemTime::now();
     let explicit = calculate_fresh_until(now, cc.as_ref(), resp, authorization, &NO_DEFAULTS);
@@ -192,6 +196,20 @@ pub fn response_cacheable(resp: &ResponseHeader, authorization: bool, default_tt
         cc.strip_private_headers(&mut header);
     }
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+}
+
+/// Whether a `Cache-Control` field names `no-store` (RFC 9111 §5.2.2.5:
+/// never stored, whatever else it says), found without parsing the rest:
+/// the common uncacheable answer skips building the directive map. A
+/// quoted value holding `, no-store` reads as the directive too, which
+/// only errs towards not storing.
+fn says_no_store(resp: &ResponseHeader) -> bool {
+    resp.headers.get_all(http::header::CACHE_CONTROL).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|directive| {
+            let name = directive.split(|&b| b == b'=').next().unwrap_or(directive);
+            name.trim_ascii().eq_ignore_ascii_case(b"no-store")
+        })
+    })
 }
 
 /// Freshness for a response without explicit freshness.
@@ -314,22 +332,31 @@ impl Outcome {
 
 /// The `Cache-Status` value (RFC 9211) for a response. `ttl` is the
 /// remaining freshness of a stored response (negative when stale);
-/// `stored` whether this response was written to the cache.
-pub fn cache_status(outcome: Outcome, ttl: Option<i64>, stored: bool) -> String {
-    let mut s = String::from("edge");
-    match outcome {
-        Outcome::Hit | Outcome::Stale => s.push_str("; hit"),
-        Outcome::Miss => s.push_str("; fwd=uri-miss"),
-        Outcome::Revalidated => s.push_str("; fwd=stale; fwd-status=304"),
-        Outcome::Bypass => s.push_str("; fwd=bypass"),
+/// `stored` whether this response was written to the cache. Without a
+/// `ttl` the value is a constant (no allocation a request).
+pub fn cache_status(outcome: Outcome, ttl: Option<i64>, stored: bool) -> Cow<'static, str> {
+    let stored = stored && outcome != Outcome::Hit && outcome != Outcome::Stale;
+    let head = match outcome {
+        Outcome::Hit | Outcome::Stale => "edge; hit",
+        Outcome::Miss if stored && ttl.is_none() => return Cow::Borrowed("edge; fwd=uri-miss; stored"),
+        Outcome::Miss => "edge; fwd=uri-miss",
+        Outcome::Revalidated => "edge; fwd=stale; fwd-status=304",
+        Outcome::Bypass if stored && ttl.is_none() => return Cow::Borrowed("edge; fwd=bypass; stored"),
+        Outcome::Bypass => "edge; fwd=bypass",
+    };
+    if ttl.is_none() && !stored {
+        return Cow::Borrowed(head);
     }
+    let mut s = String::with_capacity(head.len() + 24);
+    s.push_str(head);
     if let Some(ttl) = ttl {
-        s.push_str(&format!("; ttl={ttl}"));
+        use std::fmt::Write;
+        let _ = write!(s, "; ttl={ttl}");
     }
-    if stored && outcome != Outcome::Hit && outcome != Outcome::Stale {
+    if stored {
         s.push_str("; stored");
     }
-    s
+    Cow::Owned(s)
 }
 
 /// Remaining freshness of a stored response in seconds, negative when
@@ -367,6 +394,10 @@ mod tests {
         assert!(c(&[("cache-control", "max-age=60")]).is_some_and(|t| (58..=60).contains(&t)));
         assert!(c(&[("cache-control", "max-age=60, s-maxage=600")]).is_some_and(|t| t > 500), "s-maxage wins");
         assert_eq!(c(&[("cache-control", "no-store, max-age=60")]), None);
+        assert_eq!(c(&[("cache-control", "max-age=60, No-Store")]), None);
+        assert_eq!(c(&[("cache-control", "max-age=60"), ("cache-control", "no-store")]), None);
+        assert!(c(&[("cache-control", "max-age=60, no-storex")]).is_some(), "only the directive itself");
+        assert!(c(&[("cache-control", "max-age=60, x-no-store=1")]).is_some());
         assert_eq!(c(&[("cache-control", "private, max-age=60")]), None);
         assert!(c(&[("cache-control", "no-cache")]).is_some_and(|t| t < 0), "stored, always revalidated");
         assert_eq!(c(&[]), None, "no freshness and no Last-Modified: not stored");
@@ -453,5 +484,8 @@ mod tests {
             "edge; fwd=stale; fwd-status=304; ttl=60; stored"
         );
         assert_eq!(cache_status(Outcome::Bypass, None, false), "edge; fwd=bypass");
+        assert_eq!(cache_status(Outcome::Miss, None, false), "edge; fwd=uri-miss");
+        assert_eq!(cache_status(Outcome::Hit, None, true), "edge; hit");
+        assert_eq!(cache_status(Outcome::Miss, Some(5), true), "edge; fwd=uri-miss; ttl=5; stored");
     }
 }

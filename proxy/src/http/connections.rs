@@ -38,7 +38,7 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use prometheus::IntCounterVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// The proxy's Pingora app `A` with the connection guards.
 pub struct Guarded<A> {
@@ -165,8 +165,16 @@ enum Phase {
     Off,
     /// A keepalive request may come: timed from its first byte.
     WaitFirstByte,
-    /// Reading a header: it must end before this.
-    Header(Pin<Box<Sleep>>),
+    /// Reading a header: it must end by `deadline`. The timer is made only
+    /// when a read has to wait (most headers come whole in their first
+    /// read, and a timer a request was an allocation a request).
+    Header { deadline: Instant, sleep: Option<Pin<Box<Sleep>>> },
+}
+
+impl Phase {
+    fn header_from_now(timeout: Duration) -> Phase {
+        Phase::Header { deadline: Instant::now() + timeout, sleep: None }
+    }
 }
 
 /// A client stream whose request headers must arrive in time.
@@ -187,7 +195,7 @@ struct HeaderTimed {
 
 impl HeaderTimed {
     fn new(inner: Stream, timeout: Duration, late: prometheus::IntCounter) -> Self {
-        let phase = Phase::Header(Box::pin(tokio::time::sleep(timeout)));
+        let phase = Phase::header_from_now(timeout);
         HeaderTimed { inner, timeout, phase, rearm: Arc::new(AtomicBool::new(false)), tail: 0, late, first: None }
     }
 
@@ -226,7 +234,7 @@ impl AsyncRead for HeaderTimed {
                 let filled = buf.filled().len();
                 if filled > before {
                     if matches!(this.phase, Phase::WaitFirstByte) {
-                        this.phase = Phase::Header(Box::pin(tokio::time::sleep(this.timeout)));
+                        this.phase = Phase::header_from_now(this.timeout);
                     }
                     if this.saw(&buf.filled()[before..filled]) {
                         this.phase = Phase::Off;
@@ -238,7 +246,14 @@ impl AsyncRead for HeaderTimed {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 let late = match &mut this.phase {
-                    Phase::Header(sleep) => sleep.as_mut().poll(cx).is_ready(),
+                    Phase::Header { deadline, sleep } => {
+                        let deadline = *deadline;
+                        sleep
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)))
+                            .as_mut()
+                            .poll(cx)
+                            .is_ready()
+                    }
                     _ => false,
                 };
                 if !late {

@@ -323,7 +323,10 @@ impl ProxyHttp for Proxy {
             _ => None,
         };
         ctx.cache = Some(outcome);
-        resp.insert_header("cache-status", cache::cache_status(outcome, ttl, ctx.stored))?;
+        match cache::cache_status(outcome, ttl, ctx.stored) {
+            std::borrow::Cow::Borrowed(v) => resp.insert_header("cache-status", http::HeaderValue::from_static(v))?,
+            std::borrow::Cow::Owned(v) => resp.insert_header("cache-status", v)?,
+        };
         Ok(())
     }
 
