@@ -63,7 +63,7 @@ impl Http {
         settings: Settings,
         data_dir: &Path,
         table: Table,
-        metrics: HttpMetrics,
+        mut metrics: HttpMetrics,
         registry: &prometheus::Registry,
         shutdown: watch::Receiver<bool>,
         upgrade: bool,
@@ -123,7 +123,6 @@ impl Http {
         let limiter = limits::Limiter::new(settings.under_attack);
         let (per_ip, header_timeout) = (settings.max_connections_per_ip, settings.header_timeout);
         let limited = metrics.limited.clone();
-        let mut metrics = metrics;
         metrics.name_sites(settings.metrics_sites.iter().map(String::as_str));
         let shared = Arc::new(service::Shared {
             settings,

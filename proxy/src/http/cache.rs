@@ -39,7 +39,8 @@ const PREDICTOR_PER_SHARD: usize = 4096;
 /// Why a response to a request with `Authorization` is not stored: the
 /// reason the predictor does not remember, so the URL's anonymous requests
 /// still look in the cache.
-pub const AUTHORIZATION: NoCacheReason = NoCacheReason::Custom("authorization");
+pub const AUTHORIZATION: NoCacheReason = NoCacheReason::Custom(AUTHORIZATION_TAG);
+const AUTHORIZATION_TAG: &str = "authorization";
 
 /// Heuristic freshness is at most this long (RFC 9111 §4.2.2 suggests 10%
 /// of the time since Last-Modified; caches commonly cap it).
@@ -90,7 +91,7 @@ impl Cache {
             store: Box::leak(Box::default()),
             eviction: Box::leak(Box::new(Manager::with_capacity(capacity, per_shard))),
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
-            predictor: Box::leak(Box::new(Predictor::new(PREDICTOR_PER_SHARD, Some(|r| r == "authorization")))),
+            predictor: Box::leak(Box::new(Predictor::new(PREDICTOR_PER_SHARD, Some(|r| r == AUTHORIZATION_TAG)))),
             max_object,
             capacity,
         })
@@ -305,11 +306,9 @@ impl Outcome {
             CachePhase::Stale | CachePhase::StaleUpdating => Outcome::Stale,
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Outcome::Revalidated,
             CachePhase::Miss | CachePhase::Expired => Outcome::Miss,
-            CachePhase::Disabled(
-                NoCacheReason::OriginNotCache
-                | NoCacheReason::ResponseTooLarge
-                | NoCacheReason::Custom("authorization"),
-            ) => Outcome::Miss,
+            CachePhase::Disabled(NoCacheReason::OriginNotCache | NoCacheReason::ResponseTooLarge | AUTHORIZATION) => {
+                Outcome::Miss
+            }
             _ => Outcome::Bypass,
         }
     }
@@ -333,15 +332,13 @@ impl Outcome {
 /// The `Cache-Status` value (RFC 9211) for a response. `ttl` is the
 /// remaining freshness of a stored response (negative when stale);
 /// `stored` whether this response was written to the cache. Without a
-/// `ttl` the value is a constant (no allocation a request).
+/// `ttl` or `stored` (every uncached response) the value is a constant.
 pub fn cache_status(outcome: Outcome, ttl: Option<i64>, stored: bool) -> Cow<'static, str> {
     let stored = stored && outcome != Outcome::Hit && outcome != Outcome::Stale;
     let head = match outcome {
         Outcome::Hit | Outcome::Stale => "edge; hit",
-        Outcome::Miss if stored && ttl.is_none() => return Cow::Borrowed("edge; fwd=uri-miss; stored"),
         Outcome::Miss => "edge; fwd=uri-miss",
         Outcome::Revalidated => "edge; fwd=stale; fwd-status=304",
-        Outcome::Bypass if stored && ttl.is_none() => return Cow::Borrowed("edge; fwd=bypass; stored"),
         Outcome::Bypass => "edge; fwd=bypass",
     };
     if ttl.is_none() && !stored {

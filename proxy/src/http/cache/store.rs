@@ -26,12 +26,8 @@ const SHARDS: usize = 32;
 
 /// One stored response.
 struct Entry {
-    /// The internal part of the serialized [`CacheMeta`] (freshness,
-    /// variance; small, uncompressed).
-    internal: Vec<u8>,
-    /// The same, as fields, when they rebuild the meta exactly (a response
-    /// never revalidated): a hit then skips decoding `internal`.
-    fields: Option<MetaFields>,
+    /// Freshness and variance: what a hit needs besides the header.
+    meta: StoredMeta,
     /// The response header, kept decoded: Pingora serializes it with zstd,
     /// and decompressing it on every hit took 11% of the CPU of serving
     /// hits in a profile.
@@ -39,6 +35,32 @@ struct Entry {
     body: Bytes,
     /// The key's site (the cache key's user tag), for purging a site.
     key: CompactCacheKey,
+}
+
+/// The part of a [`CacheMeta`] other than its header.
+enum StoredMeta {
+    /// As fields, when they remake the meta exactly (a response never
+    /// revalidated): nothing to decode on a hit, nothing encoded on a fill.
+    Fields(MetaFields),
+    /// Else the internal part of Pingora's serialization (small,
+    /// uncompressed), decoded on each hit.
+    Encoded(Vec<u8>),
+}
+
+impl StoredMeta {
+    fn of(meta: &CacheMeta) -> Result<StoredMeta> {
+        Ok(match MetaFields::of(meta) {
+            Some(fields) => StoredMeta::Fields(fields),
+            None => StoredMeta::Encoded(internal_part(meta)?),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            StoredMeta::Fields(_) => std::mem::size_of::<MetaFields>(),
+            StoredMeta::Encoded(internal) => internal.len(),
+        }
+    }
 }
 
 /// What [`CacheMeta::new`] and its setters need to remake a meta.
@@ -68,13 +90,12 @@ impl MetaFields {
     }
 
     fn meta(&self, header: ResponseHeader) -> CacheMeta {
-        let f = self;
-        let mut meta =
-            CacheMeta::new(f.fresh_until, f.created, f.stale_while_revalidate_sec, f.stale_if_error_sec, header);
-        if let Some(variance) = f.variance {
+        let (swr, sie) = (self.stale_while_revalidate_sec, self.stale_if_error_sec);
+        let mut meta = CacheMeta::new(self.fresh_until, self.created, swr, sie, header);
+        if let Some(variance) = self.variance {
             meta.set_variance_key(variance);
         }
-        if let Some(epoch) = f.epoch_override {
+        if let Some(epoch) = self.epoch_override {
             meta.set_epoch_override(epoch);
         }
         meta
@@ -85,8 +106,7 @@ impl Entry {
     /// An entry for `meta`, its body still to come.
     fn new(meta: &CacheMeta, key: CompactCacheKey) -> Result<Entry> {
         Ok(Entry {
-            internal: internal_part(meta)?,
-            fields: MetaFields::of(meta),
+            meta: StoredMeta::of(meta)?,
             header: without_case(meta.response_header())?,
             body: Bytes::new(),
             key,
@@ -95,24 +115,25 @@ impl Entry {
 
     fn weight(&self) -> usize {
         let header: usize = self.header.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-        self.internal.len() + header + 64 + self.body.len()
+        self.meta.len() + header + 64 + self.body.len()
     }
 
     /// The stored meta: remade from its fields, else the internal part
     /// deserialized over a header serialized once for all (tiny, so cheap
     /// to decode); either way with a copy of the stored header.
     fn meta(&self) -> Result<CacheMeta> {
-        if let Some(fields) = &self.fields {
-            return Ok(fields.meta(self.header.clone()));
+        match &self.meta {
+            StoredMeta::Fields(fields) => Ok(fields.meta(self.header.clone())),
+            StoredMeta::Encoded(internal) => {
+                let mut meta = CacheMeta::deserialize(internal, empty_header()?)?;
+                *meta.response_header_mut() = self.header.clone();
+                Ok(meta)
+            }
         }
-        let mut meta = CacheMeta::deserialize(&self.internal, empty_header()?)?;
-        *meta.response_header_mut() = self.header.clone();
-        Ok(meta)
     }
 
     fn set_meta(&mut self, meta: &CacheMeta) -> Result<()> {
-        self.internal = internal_part(meta)?;
-        self.fields = MetaFields::of(meta);
+        self.meta = StoredMeta::of(meta)?;
         self.header = without_case(meta.response_header())?;
         Ok(())
     }
@@ -120,8 +141,8 @@ impl Entry {
 
 /// A stored header keeps no record of its names' case (HTTP/1.1 names
 /// are case-insensitive, HTTP/2's are lower case): each hit copies the
-/// header, and the case map doubled the copy. Hits are sent with lower-case
-/// names, as HAProxy sends every response.
+/// header, and the case map doubled the copy. HTTP/1.1 hits name the common
+/// headers in Pingora's title case and the rest in lower case.
 fn without_case(header: &ResponseHeader) -> Result<ResponseHeader> {
     let mut out = ResponseHeader::build_no_case(header.status, Some(header.headers.len()))?;
     out.set_version(header.version);
@@ -134,7 +155,7 @@ fn without_case(header: &ResponseHeader) -> Result<ResponseHeader> {
 
 /// The internal part of a meta's serialization. Pingora serializes both
 /// parts together; the header part (zstd) is dropped, so this costs one
-/// compression per fill or update, never per hit.
+/// compression per update of a revalidated meta, never per hit.
 fn internal_part(meta: &CacheMeta) -> Result<Vec<u8>> {
     Ok(meta.serialize()?.0)
 }
@@ -428,7 +449,7 @@ mod tests {
         assert!(MetaFields::of(&meta).is_none());
         let key = CacheKey::new("h\n/p", "site").to_compact();
         let entry = Entry::new(&meta, key).unwrap();
-        assert!(entry.fields.is_none());
+        assert!(matches!(entry.meta, StoredMeta::Encoded(_)));
         let back = entry.meta().unwrap();
         assert_eq!(back.serialize().unwrap(), meta.serialize().unwrap());
         assert_eq!(back.updated(), meta.updated());
