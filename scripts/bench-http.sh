@@ -6,7 +6,11 @@
 # HTTP/1.1 keepalive, HTTP/2 over TLS, and new TLS handshakes per second.
 # Edge gets the same treatment as the peers: one worker thread, pinned to
 # the SUT cpu by the script, logging at warn, a default site for every Host
-# proxying to the origin 127.0.0.1:18080.
+# proxying to the origin 127.0.0.1:18080, and a certificate of the kind
+# the peers get (one self-signed leaf for localhost, ECDSA P-256 unless
+# `--cert rsa`). Full handshakes go to a second HTTPS listener without
+# session resumption (tls_listen_no_resumption), as the peers' full rows
+# go to ports without tickets or session cache.
 #
 # Usage: scripts/bench-http.sh [extra http-peers.sh options], e.g.
 #   scripts/bench-http.sh --rounds 3 --duration 10
@@ -30,6 +34,17 @@ cat > "$dir/routes.json" <<JSON
     "backends": [{"backend": "origin", "port": 18080}]}}
 ]}
 JSON
+# The certificate, made as http-peers.sh makes the peers'.
+keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
+prev=""
+for a in "$@"; do
+    [[ "$prev" == --cert && "$a" == rsa ]] && keyopt=(-newkey rsa:2048)
+    prev="$a"
+done
+mkdir -p "$dir/certs"
+openssl req -x509 "${keyopt[@]}" -nodes -days 7 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$dir/certs/localhost.key" -out "$dir/certs/localhost.crt" 2>/dev/null
 cat > "$dir/edge.toml" <<TOML
 [edge]
 data_dir = "$dir/var"
@@ -44,9 +59,10 @@ level = "warn"
 [http]
 listen = ["127.0.0.1:18090"]
 tls_listen = ["127.0.0.1:18490"]
-self_signed_names = ["localhost"]
+tls_listen_no_resumption = ["127.0.0.1:18491"]
+cert_dir = "$dir/certs"
 threads = 1
 default_site = "bench"
 TOML
-"$peers" --extra-name edge --extra-port 18090 --extra-tls-port 18490 \
+"$peers" --extra-name edge --extra-port 18090 --extra-tls-port 18490 --extra-hs-full-port 18491 \
     --extra-hs-path /cache/1k.bin --extra-cmd "$edge_bin --config $dir/edge.toml" "$@"

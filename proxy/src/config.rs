@@ -425,6 +425,8 @@ mod tests {
         assert_eq!(http.threads, 2);
         assert_eq!(http.upstream_connect_timeout, std::time::Duration::from_millis(2000));
         assert_eq!(http.trusted_proxies.len(), 1);
+        assert!(http.tls_session_tickets && http.tls_listen_no_resumption.is_empty());
+        assert_eq!(http.tls_session_cache, 20_000);
         for (text, key) in [
             ("listen = []", "http.listen"),
             ("listen = [\"127.0.0.1:0\"]", "http.listen"),
@@ -432,11 +434,22 @@ mod tests {
             ("listen = [\"127.0.0.1:80\"]\nupstream_connect_timeout_ms = 0", "http.upstream_connect_timeout_ms"),
             ("listen = [\"127.0.0.1:80\"]\nmax_body_bytes = 0", "http.max_body_bytes"),
             ("listen = [\"127.0.0.1:80\"]\ndefault_site = \"Not A Name!\"", "http.default_site"),
+            (
+                "tls_listen = [\"127.0.0.1:443\"]\ntls_listen_no_resumption = [\"127.0.0.1:443\"]",
+                "http.tls_listen_no_resumption",
+            ),
+            ("tls_listen_no_resumption = [\"127.0.0.1:0\"]", "http.tls_listen_no_resumption"),
+            ("tls_listen = [\"127.0.0.1:443\"]\ntls_session_cache = 20000000", "http.tls_session_cache"),
         ] {
             let e = parse(&format!("[http]\n{text}\n")).unwrap_err();
             assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
         }
         assert!(parse("[http]\nlisten = [\"127.0.0.1:80\"]\nwat = 1\n").is_err(), "unknown keys are refused");
+        let c =
+            parse("[http]\ntls_listen_no_resumption = [\"127.0.0.1:8443\"]\ntls_session_tickets = false\n").unwrap();
+        let http = c.http.unwrap();
+        assert!(!http.tls_session_tickets && http.tls_listen.is_empty());
+        assert_eq!(http.tls_listen_no_resumption, vec!["127.0.0.1:8443".parse().unwrap()]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod proxy_protocol;
 pub mod router;
 pub mod service;
+pub mod tls;
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -23,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use pingora::server::configuration::ServerConf;
@@ -69,11 +69,12 @@ impl Http {
         upgrade: bool,
     ) -> Result<Http, StartError> {
         if !upgrade {
-            for &addr in settings.listen.iter().chain(&settings.tls_listen) {
+            for &addr in settings.listen.iter().chain(&settings.tls_listen).chain(&settings.tls_listen_no_resumption) {
                 std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
             }
         }
-        let certs = if settings.tls_listen.is_empty() { None } else { Some(load_certs(&settings, data_dir, &table)?) };
+        let https = settings.tls_listen.len() + settings.tls_listen_no_resumption.len() > 0;
+        let certs = if https { Some(load_certs(&settings, data_dir, &table)?) } else { None };
         let upgrade_sock = data_dir.join("http").join("upgrade.sock");
         std::fs::create_dir_all(data_dir.join("http")).map_err(StartError::Thread)?;
         let conf = ServerConf {
@@ -104,9 +105,10 @@ impl Http {
         // exits the process if none come within 30 s).
         tokio::task::block_in_place(|| server.bootstrap());
         let addrs = settings.listen.clone();
-        let tls_addrs = settings.tls_listen.clone();
-        let h2 = settings.h2;
+        let tls_addrs: Vec<SocketAddr> =
+            settings.tls_listen.iter().chain(&settings.tls_listen_no_resumption).copied().collect();
         let tls_count = metrics.tls_handshakes.clone();
+        let tls_errors = metrics.tls_handshake_errors.clone();
         let cache = (settings.cache_bytes > 0)
             .then(|| Cache::new(settings.cache_bytes, settings.cache_max_object_bytes, settings.cache_lock_timeout));
         let health = health::Health::new(metrics.upstream_healthy.clone());
@@ -122,6 +124,33 @@ impl Http {
         };
         let limiter = limits::Limiter::new(settings.under_attack);
         let (per_ip, header_timeout) = (settings.max_connections_per_ip, settings.header_timeout);
+        let tls = match &certs {
+            Some(certs) => {
+                let resumption =
+                    tls::Resumption { tickets: settings.tls_session_tickets, cache: settings.tls_session_cache };
+                let mut listeners = Vec::new();
+                for (addrs, resumption) in
+                    [(&settings.tls_listen, resumption), (&settings.tls_listen_no_resumption, tls::Resumption::OFF)]
+                {
+                    let config = tls::server_config(certs, settings.h2, resumption).map_err(StartError::Certs)?;
+                    listeners.extend(addrs.iter().map(|&a| (a, config.clone())));
+                }
+                // TLS-ALPN-01 validation connections are answered before
+                // the handshake.
+                let challenges = acme
+                    .as_ref()
+                    .filter(|a| a.uses_tls_alpn())
+                    .map(|a| acme::challenge::TlsAlpnChallenges(Arc::clone(a.answers())));
+                let callbacks = || -> pingora::listeners::TlsAcceptCallbacks {
+                    Box::new(Handshakes(Arc::clone(certs), tls_count.clone()))
+                };
+                Some(
+                    tls::Tls::new(&listeners, callbacks, challenges, header_timeout, tls_errors)
+                        .map_err(StartError::Certs)?,
+                )
+            }
+            None => None,
+        };
         let limited = metrics.limited.clone();
         metrics.name_sites(settings.metrics_sites.iter().map(String::as_str));
         let shared = Arc::new(service::Shared {
@@ -134,25 +163,14 @@ impl Http {
             acme: acme.clone(),
         });
         let app = pingora::proxy::http_proxy(&server.configuration, service::Proxy { shared });
-        let guarded = connections::Guarded::new(app, per_ip, header_timeout, limited);
+        let guarded = connections::Guarded::new(app, per_ip, header_timeout, limited, tls);
         let mut proxy = pingora::services::listening::Service::new("edge http".to_string(), guarded);
-        for addr in &addrs {
+        // The HTTPS listeners too are plain TCP to Pingora: the handshake is
+        // the edge's (`tls.rs`).
+        for addr in addrs.iter().chain(&tls_addrs) {
             proxy.add_tcp(&addr.to_string());
         }
         if let Some(certs) = &certs {
-            for addr in &tls_addrs {
-                let mut tls = TlsSettings::with_callbacks(Box::new(Handshakes(Arc::clone(certs), tls_count.clone())))
-                    .map_err(|e| StartError::Certs(e.to_string()))?;
-                tls.set_cert_resolver(Arc::new(certs::Resolver(Arc::clone(certs))));
-                if h2 {
-                    tls.enable_h2();
-                }
-                proxy.add_tls_with_settings(&addr.to_string(), None, tls);
-            }
-            if let Some(acme) = acme.as_ref().filter(|a| a.uses_tls_alpn()) {
-                let answers = Arc::clone(acme.answers());
-                proxy.endpoints().set_pre_tls_callback(Arc::new(acme::challenge::TlsAlpnChallenges(answers)));
-            }
             tokio::spawn(refresh_certs(Arc::clone(certs), shutdown.clone()));
         }
         server.add_service(proxy);

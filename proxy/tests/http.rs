@@ -491,6 +491,71 @@ impl World {
 }
 
 /// The Cache-Status of a reply, with `; ttl=N` taken off (it moves).
+/// `openssl s_client` twice to `port`, the second offering the first's
+/// session: "Reused" or "New", then the protocol (`-tls1_2` or `-tls1_3`);
+/// and whether the first connection got a session ticket.
+fn resumed(port: u16, version: &str, sess: &std::path::Path) -> (String, bool) {
+    let run = |extra: &str| {
+        let cmd = format!(
+            "printf 'GET /r HTTP/1.0\r\nHost: blog.test\r\n\r\n' | timeout 5 openssl s_client {version} \
+             -connect 127.0.0.1:{port} -servername blog.test -ign_eof {extra} {} 2>/dev/null",
+            sess.display()
+        );
+        let out = std::process::Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run("-sess_out");
+    assert!(first.contains("b1 "), "the first connection was answered: {first}");
+    let second = run("-sess_in");
+    assert!(second.contains("b1 "), "the second connection was answered: {second}");
+    let line = second.lines().find(|l| l.starts_with("New,") || l.starts_with("Reused,")).unwrap_or("?");
+    (line.split(',').take(2).collect::<Vec<_>>().join(","), first.contains("TLS session ticket:"))
+}
+
+/// Session resumption: by ticket and by session ID on `tls_listen`, never
+/// on `tls_listen_no_resumption`; a handshake has a deadline, and failed
+/// ones are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_except_on_the_full_handshake_listener_and_handshakes_have_a_deadline() {
+    use tokio::net::TcpStream;
+    let full = free_port("127.0.0.1");
+    let extra = format!("tls_listen_no_resumption = [\"127.0.0.1:{full}\"]\nheader_timeout_secs = 2");
+    let w = World::start_with(|_| (), &extra).await;
+    let sess = w._dir.path().join("session.pem");
+    // Tickets (TLS 1.3 and 1.2: a TLS 1.2 ticket is a stateless one), then
+    // the session cache alone for 1.2 clients that take no ticket.
+    let reused = |v: &str| (format!("Reused, TLSv1.{v}"), true);
+    assert_eq!(resumed(w.tls_port, "-tls1_3", &sess), reused("3"));
+    assert_eq!(resumed(w.tls_port, "-tls1_2", &sess), reused("2"));
+    assert_eq!(resumed(w.tls_port, "-tls1_2 -no_ticket", &sess), ("Reused, TLSv1.2".to_string(), false));
+    // The other listener serves the same sites, always with a full
+    // handshake and no ticket.
+    assert_eq!(resumed(full, "-tls1_3", &sess), ("New, TLSv1.3".to_string(), false));
+    assert_eq!(resumed(full, "-tls1_2", &sess), ("New, TLSv1.2".to_string(), false));
+    let ca = w._dir.path().join("var/http/ca.pem");
+    let (code, out) = curl_https(&ca, "blog.test", full, "/h2", &["--http2"]);
+    assert!(code == 0 && out.starts_with("b1 ") && out.ends_with("200 2"), "{out}");
+
+    let errors = || w.metric("edge_http_tls_handshake_errors_total");
+    let before = errors();
+    // Plain HTTP to an HTTPS port: the handshake fails.
+    let mut plain = TcpStream::connect(("127.0.0.1", w.tls_port)).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\nHost: blog.test\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), plain.read_to_end(&mut buf)).await.expect("closed");
+    assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"), "no HTTP answer on an HTTPS port");
+    // A client that never starts its handshake is closed at the header
+    // deadline (2 s), not Pingora's 60 s.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", w.tls_port)).await.unwrap();
+    assert!(closed_silently(&mut silent, Duration::from_secs(4)).await, "a silent TLS client is closed");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1900), "{waited:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(errors(), before + 2.0, "the failed and the late handshake are counted");
+    assert!(w.metric("edge_http_tls_handshakes_total") >= 11.0, "{}", w.metrics());
+}
+
 fn status_of(r: &Reply) -> String {
     let v = r.headers.get("cache-status").cloned().unwrap_or_default();
     v.split("; ").filter(|p| !p.starts_with("ttl=")).collect::<Vec<_>>().join("; ")

@@ -18,6 +18,19 @@ pub struct HttpConfig {
     /// HTTPS listeners (TLS 1.2 and 1.3, HTTP/2 by ALPN).
     #[serde(default)]
     tls_listen: Vec<SocketAddr>,
+    /// HTTPS listeners on which no TLS session is resumed: every handshake
+    /// is a full one (HAProxy's `no-tls-tickets` without a session cache).
+    /// For measuring full handshakes; everything else is as on `tls_listen`.
+    #[serde(default)]
+    tls_listen_no_resumption: Vec<SocketAddr>,
+    /// Resumption by stateless session tickets (RFC 8446 4.6.1, RFC 5077),
+    /// sealed with a key of this process's that rotates every 6 hours.
+    #[serde(default = "yes")]
+    tls_session_tickets: bool,
+    /// Sessions kept in memory for resumption by session ID (TLS 1.2) and
+    /// for TLS 1.3 clients when tickets are off; 0 keeps none.
+    #[serde(default = "default_session_cache")]
+    tls_session_cache: usize,
     /// The certificate directory (relative to `data_dir`): `NAME.pem` or
     /// `NAME.crt` + `NAME.key`.
     #[serde(default = "default_cert_dir")]
@@ -150,6 +163,9 @@ fn default_cache_lock_timeout() -> u64 {
     3_000
 }
 
+fn default_session_cache() -> usize {
+    20_000
+}
 fn default_cert_dir() -> PathBuf {
     PathBuf::from("certs")
 }
@@ -180,6 +196,9 @@ fn default_max_body() -> u64 {
 pub struct Settings {
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
+    pub tls_listen_no_resumption: Vec<SocketAddr>,
+    pub tls_session_tickets: bool,
+    pub tls_session_cache: usize,
     /// As written; `app.rs` resolves it against `data_dir`.
     pub cert_dir: PathBuf,
     pub default_cert: Option<String>,
@@ -208,7 +227,7 @@ impl HttpConfig {
     /// Checks every key; an error names it (`http.<key>`) and says why.
     pub fn validate(self) -> Result<Settings, (String, String)> {
         let bad = |key: &str, why: &str| Err((format!("http.{key}"), why.to_string()));
-        if self.listen.is_empty() && self.tls_listen.is_empty() {
+        if self.listen.is_empty() && self.tls_listen.is_empty() && self.tls_listen_no_resumption.is_empty() {
             return bad("listen", "give at least one address (listen or tls_listen), or remove the [http] section");
         }
         if self.listen.iter().any(|a| a.port() == 0) {
@@ -219,6 +238,17 @@ impl HttpConfig {
         }
         if let Some(a) = self.tls_listen.iter().find(|a| self.listen.contains(a)) {
             return bad("tls_listen", &format!("{a} is also in listen"));
+        }
+        if self.tls_listen_no_resumption.iter().any(|a| a.port() == 0) {
+            return bad("tls_listen_no_resumption", "give each address a port (0 is not supported here)");
+        }
+        if let Some(a) =
+            self.tls_listen_no_resumption.iter().find(|a| self.listen.contains(a) || self.tls_listen.contains(a))
+        {
+            return bad("tls_listen_no_resumption", &format!("{a} is also in listen or tls_listen"));
+        }
+        if self.tls_session_cache > 10_000_000 {
+            return bad("tls_session_cache", "must be 0 (none) to 10000000 sessions");
         }
         for n in &self.self_signed_names {
             let plain = n.strip_prefix("*.").unwrap_or(n);
@@ -310,6 +340,9 @@ impl HttpConfig {
         Ok(Settings {
             listen: self.listen,
             tls_listen: self.tls_listen,
+            tls_listen_no_resumption: self.tls_listen_no_resumption,
+            tls_session_tickets: self.tls_session_tickets,
+            tls_session_cache: self.tls_session_cache,
             cert_dir: self.cert_dir,
             default_cert: self.default_cert,
             self_signed_names: self.self_signed_names,

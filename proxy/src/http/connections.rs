@@ -2,12 +2,14 @@
 //! Pingora 0.9 has no hook before it reads a request header (it reads with
 //! a 60 s timeout per read, so a client can trickle a header for ever) and
 //! no notice when a connection closes. So the proxy's Pingora app is
-//! wrapped ([`Guarded`]): it sees each connection once its TLS handshake
-//! (if any) is done, for as long as it lives, and
+//! wrapped ([`Guarded`]): it sees each connection from its accept, for as
+//! long as it lives, and
 //!
 //! - counts the client address's open connections, HTTP and HTTPS together
 //!   (`max_connections_per_ip`, the shared [`crate::limits::Limits`]); a
-//!   connection over the limit is closed at once;
+//!   connection over the limit is closed at once, before any handshake;
+//! - makes the TLS handshake of the HTTPS listeners' connections
+//!   ([`super::tls`]), which Pingora accepts as plain TCP;
 //! - gives each request header a deadline (`header_timeout_secs`, like
 //!   nginx's `client_header_timeout` or HAProxy's `timeout http-request`):
 //!   from the connection for its first request, and from the first byte of
@@ -50,6 +52,9 @@ pub struct Guarded<A> {
     /// HTTP/1 connections waiting for their first request: until its
     /// header is read (without a header deadline: until it is done).
     fresh: Arc<Fresh>,
+    /// The handshakes of the HTTPS listeners, which Pingora serves as
+    /// plain TCP.
+    tls: Option<super::tls::Tls>,
 }
 
 /// How long the shutdown's cleanup waits for first requests when there is
@@ -57,9 +62,15 @@ pub struct Guarded<A> {
 const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(10);
 
 impl<A> Guarded<A> {
-    pub fn new(inner: A, max_per_ip: usize, header_timeout: Option<Duration>, limited: IntCounterVec) -> Self {
+    pub fn new(
+        inner: A,
+        max_per_ip: usize,
+        header_timeout: Option<Duration>,
+        limited: IntCounterVec,
+        tls: Option<super::tls::Tls>,
+    ) -> Self {
         let limits = (max_per_ip > 0).then(|| crate::limits::Limits::new(max_per_ip, u32::MAX));
-        Guarded { inner: Arc::new(inner), limits, header_timeout, limited, fresh: Arc::default() }
+        Guarded { inner: Arc::new(inner), limits, header_timeout, limited, fresh: Arc::default(), tls }
     }
 }
 
@@ -104,7 +115,9 @@ impl Drop for FreshGuard {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let ip = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let digest = stream.get_socket_digest();
+        let client = digest.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let ip = client.map(|a| a.ip());
         // Held for the connection's whole life: this call loops over its
         // keepalive requests and returns when it closes.
         let _counted = match (&self.limits, ip) {
@@ -117,6 +130,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 }
             },
             _ => None,
+        };
+        // An HTTPS listener's connection: its handshake, under the limit
+        // above.
+        let stream = match &self.tls {
+            Some(tls) => {
+                let local = digest.as_ref().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+                match tls.listener(local) {
+                    Some(acceptor) => tls.accept(acceptor, stream, client).await?,
+                    None => stream,
+                }
+            }
+            None => stream,
         };
         // HTTP/2 connections live on in one call of Pingora's; they are not
         // waiting for a first request the way HTTP/1 ones are.

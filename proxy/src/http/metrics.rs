@@ -20,6 +20,7 @@ pub struct HttpMetrics {
     pub upstream_healthy: IntGaugeVec,
     pub limited: IntCounterVec,
     pub tls_handshakes: IntCounter,
+    pub tls_handshake_errors: IntCounter,
     /// By site (those in `metrics_sites`, the rest as `other`) and status
     /// class.
     pub site_requests: IntCounterVec,
@@ -40,6 +41,7 @@ impl HttpMetrics {
         registry.register(Box::new(m.upstream_healthy.clone()))?;
         registry.register(Box::new(m.limited.clone()))?;
         registry.register(Box::new(m.tls_handshakes.clone()))?;
+        registry.register(Box::new(m.tls_handshake_errors.clone()))?;
         registry.register(Box::new(m.site_requests.clone()))?;
         Ok(m)
     }
@@ -101,7 +103,11 @@ impl HttpMetrics {
             )?,
             tls_handshakes: IntCounter::new(
                 "edge_http_tls_handshakes_total",
-                "TLS handshakes completed on the HTTPS listeners (failed ones are logged by Pingora).",
+                "TLS handshakes completed on the HTTPS listeners.",
+            )?,
+            tls_handshake_errors: IntCounter::new(
+                "edge_http_tls_handshake_errors_total",
+                "TLS handshakes on the HTTPS listeners that failed or did not end in time.",
             )?,
         };
         for limit in ["rate", "concurrency", "backend", "connections", "header_timeout"] {
