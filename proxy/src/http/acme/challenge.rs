@@ -4,11 +4,12 @@
 //!   at `/.well-known/acme-challenge/TOKEN` ([`super::super::service`]).
 //! - **TLS-ALPN-01** (RFC 8737): a self-signed certificate carrying the
 //!   `acmeIdentifier` extension, presented on the TLS listener to a client
-//!   that offers only the `acme-tls/1` protocol. Pingora's rustls listener
-//!   has one fixed ALPN list, so [`TlsAlpnChallenges`] runs before its
-//!   handshake: while a challenge is pending it reads the ClientHello, and
-//!   either answers the validator itself or puts the bytes back for
-//!   Pingora. With no challenge pending it does nothing.
+//!   that offers only the `acme-tls/1` protocol. The HTTPS listeners have
+//!   one fixed ALPN list, so [`TlsAlpnChallenges`] runs before their
+//!   handshake ([`super::super::tls`]): while a challenge is pending it
+//!   reads the ClientHello, and either answers the validator itself or
+//!   puts the bytes back for the handshake. With no challenge pending it
+//!   does nothing.
 //! - **DNS-01** (wildcard names): the owner of the TXT record in dnsd's
 //!   zone ([`dns01_owner`]); the manager puts it in the table.
 
@@ -30,10 +31,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// How long the pre-handshake step waits for a ClientHello while a
-/// TLS-ALPN-01 challenge is pending; then Pingora's handshake goes on.
+/// TLS-ALPN-01 challenge is pending; then the handshake goes on.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A ClientHello larger than this is not read further (it is handed to
-/// Pingora's handshake as it is).
+/// the handshake as it is).
 const HELLO_MAX: usize = 64 * 1024;
 
 /// A TLS-ALPN-01 certificate and its key. (Served through a resolver:
@@ -108,8 +109,8 @@ fn alpn_cert(name: &str, digest: &[u8]) -> Result<AlpnCert, String> {
     Ok(AlpnCert(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing))))
 }
 
-/// The TLS listener's step before Pingora's handshake (installed when
-/// `[http.acme]` uses TLS-ALPN-01).
+/// The HTTPS listeners' step before their handshake (run by [`super::super::tls::Tls`]
+/// when `[http.acme]` uses TLS-ALPN-01).
 pub struct TlsAlpnChallenges(pub Arc<Answers>);
 
 #[async_trait]
