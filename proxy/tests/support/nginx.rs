@@ -87,6 +87,22 @@ impl Nginx {
     pub fn requests(&self) -> usize {
         std::fs::read_to_string(self.dir.join("access.log")).map(|t| t.lines().count()).unwrap_or(0)
     }
+
+    /// [`Self::requests`] once two reads 50 ms apart agree (at most 2 s):
+    /// nginx logs a request after its client has the answer, so a count
+    /// read at once can miss the last one.
+    pub fn requests_settled(&self) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut last = self.requests();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = self.requests();
+            if now == last || std::time::Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
 }
 
 fn spawn(dir: &Path, name: &str, ip: &str, port: u16) -> Child {
