@@ -68,13 +68,15 @@ impl Http {
         shutdown: watch::Receiver<bool>,
         upgrade: bool,
     ) -> Result<Http, StartError> {
+        let addrs = settings.listen.clone();
+        let tls_addrs: Vec<SocketAddr> =
+            settings.tls_listen.iter().chain(&settings.tls_listen_no_resumption).copied().collect();
         if !upgrade {
-            for &addr in settings.listen.iter().chain(&settings.tls_listen).chain(&settings.tls_listen_no_resumption) {
+            for &addr in addrs.iter().chain(&tls_addrs) {
                 std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
             }
         }
-        let https = settings.tls_listen.len() + settings.tls_listen_no_resumption.len() > 0;
-        let certs = if https { Some(load_certs(&settings, data_dir, &table)?) } else { None };
+        let certs = if tls_addrs.is_empty() { None } else { Some(load_certs(&settings, data_dir, &table)?) };
         let upgrade_sock = data_dir.join("http").join("upgrade.sock");
         std::fs::create_dir_all(data_dir.join("http")).map_err(StartError::Thread)?;
         let conf = ServerConf {
@@ -104,9 +106,6 @@ impl Http {
         // With `upgrade`, this waits for the old process's listeners (it
         // exits the process if none come within 30 s).
         tokio::task::block_in_place(|| server.bootstrap());
-        let addrs = settings.listen.clone();
-        let tls_addrs: Vec<SocketAddr> =
-            settings.tls_listen.iter().chain(&settings.tls_listen_no_resumption).copied().collect();
         let tls_count = metrics.tls_handshakes.clone();
         let tls_errors = metrics.tls_handshake_errors.clone();
         let cache = (settings.cache_bytes > 0)
@@ -128,12 +127,14 @@ impl Http {
             Some(certs) => {
                 let resumption =
                     tls::Resumption { tickets: settings.tls_session_tickets, cache: settings.tls_session_cache };
-                let mut listeners = Vec::new();
-                for (addrs, resumption) in
+                let mut kinds = Vec::new();
+                for (listen, resumption) in
                     [(&settings.tls_listen, resumption), (&settings.tls_listen_no_resumption, tls::Resumption::OFF)]
                 {
-                    let config = tls::server_config(certs, settings.h2, resumption).map_err(StartError::Certs)?;
-                    listeners.extend(addrs.iter().map(|&a| (a, config.clone())));
+                    if !listen.is_empty() {
+                        let config = tls::server_config(certs, settings.h2, resumption).map_err(StartError::Certs)?;
+                        kinds.push((listen.clone(), config));
+                    }
                 }
                 // TLS-ALPN-01 validation connections are answered before
                 // the handshake.
@@ -145,7 +146,7 @@ impl Http {
                     Box::new(Handshakes(Arc::clone(certs), tls_count.clone()))
                 };
                 Some(
-                    tls::Tls::new(&listeners, callbacks, challenges, header_timeout, tls_errors)
+                    tls::Tls::new(kinds, callbacks, challenges, header_timeout, tls_errors)
                         .map_err(StartError::Certs)?,
                 )
             }

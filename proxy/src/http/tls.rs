@@ -77,8 +77,10 @@ pub fn server_config(certs: &Arc<Certs>, h2: bool, resumption: Resumption) -> Re
 
 /// The HTTPS listeners' handshakes.
 pub struct Tls {
-    /// Each HTTPS listen address with its acceptor.
-    listeners: Vec<(SocketAddr, Acceptor)>,
+    /// The HTTPS listen addresses, and beside each the acceptor of its
+    /// kind (one for `tls_listen`, one for `tls_listen_no_resumption`).
+    addrs: Vec<SocketAddr>,
+    acceptors: Vec<Arc<Acceptor>>,
     /// TLS-ALPN-01 validation connections, answered before the handshake.
     challenges: Option<TlsAlpnChallenges>,
     deadline: Duration,
@@ -87,34 +89,36 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// `callbacks` makes the callbacks of one listener (Pingora's acceptor
+    /// `kinds`: listen addresses with the configuration they share.
+    /// `callbacks` makes the callbacks of one acceptor (Pingora's acceptor
     /// owns them).
     pub fn new(
-        listeners: &[(SocketAddr, ServerConfig)],
+        kinds: Vec<(Vec<SocketAddr>, ServerConfig)>,
         mut callbacks: impl FnMut() -> TlsAcceptCallbacks,
         challenges: Option<TlsAlpnChallenges>,
         header_timeout: Option<Duration>,
         errors: prometheus::IntCounter,
     ) -> Result<Tls, String> {
-        let mut built = Vec::with_capacity(listeners.len());
-        for (addr, config) in listeners {
+        let (mut addrs, mut acceptors) = (Vec::new(), Vec::new());
+        for (listen, config) in kinds {
             // Pingora's acceptor, for its callbacks and its stream type,
             // with the edge's rustls configuration in place of the one it
-            // builds (which needs a resolver to build at all).
+            // builds (which needs a resolver to build at all: the same).
             let mut settings = TlsSettings::with_callbacks(callbacks()).map_err(|e| e.to_string())?;
-            settings.set_cert_resolver(Arc::new(NoCertificate));
+            settings.set_cert_resolver(Arc::clone(&config.cert_resolver));
             let mut acceptor = settings.build();
-            acceptor.acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config.clone()));
-            built.push((*addr, acceptor));
+            acceptor.acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let acceptor = Arc::new(acceptor);
+            acceptors.extend(listen.iter().map(|_| Arc::clone(&acceptor)));
+            addrs.extend(listen);
         }
-        Ok(Tls { listeners: built, challenges, deadline: header_timeout.unwrap_or(HANDSHAKE_WAIT), errors })
+        Ok(Tls { addrs, acceptors, challenges, deadline: header_timeout.unwrap_or(HANDSHAKE_WAIT), errors })
     }
 
     /// The acceptor of the HTTPS listener a connection came in on, if it
     /// came in on one.
     pub fn listener(&self, local: Option<SocketAddr>) -> Option<&Acceptor> {
-        let local = local?;
-        listener_index(self.listeners.iter().map(|(a, _)| *a), local).map(|i| &self.listeners[i].1)
+        listener_index(&self.addrs, local?).map(|i| &*self.acceptors[i])
     }
 
     /// Answers a TLS-ALPN-01 validation (the connection then ends), or
@@ -152,23 +156,12 @@ impl Tls {
 /// address, or else one on the same port with an unspecified IP
 /// (`0.0.0.0`, `[::]`, which also takes IPv4 clients as mapped
 /// addresses).
-fn listener_index(listeners: impl Iterator<Item = SocketAddr> + Clone, local: SocketAddr) -> Option<usize> {
+fn listener_index(listeners: &[SocketAddr], local: SocketAddr) -> Option<usize> {
     let local = SocketAddr::new(local.ip().to_canonical(), local.port());
     listeners
-        .clone()
-        .position(|a| a == local)
-        .or_else(|| listeners.clone().position(|a| a.port() == local.port() && a.ip().is_unspecified()))
-}
-
-/// The resolver Pingora's acceptor is built with and never uses: the
-/// edge's configuration replaces it.
-#[derive(Debug)]
-struct NoCertificate;
-
-impl rustls::server::ResolvesServerCert for NoCertificate {
-    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        None
-    }
+        .iter()
+        .position(|a| *a == local)
+        .or_else(|| listeners.iter().position(|a| a.port() == local.port() && a.ip().is_unspecified()))
 }
 
 #[cfg(test)]
@@ -182,7 +175,7 @@ mod tests {
     #[test]
     fn a_connection_finds_its_listener_by_address_then_by_port() {
         let listeners = [addr("127.0.0.1:8443"), addr("0.0.0.0:9443"), addr("[::]:7443"), addr("10.0.0.2:8443")];
-        let find = |local: &str| listener_index(listeners.iter().copied(), addr(local));
+        let find = |local: &str| listener_index(&listeners, addr(local));
         assert_eq!(find("127.0.0.1:8443"), Some(0));
         assert_eq!(find("10.0.0.2:8443"), Some(3), "same port, another address");
         assert_eq!(find("10.0.0.3:8443"), None, "a plain listener's address");
