@@ -13,6 +13,7 @@ pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod proxy_protocol;
+pub mod quick_ack;
 pub mod router;
 pub mod service;
 pub mod tls;

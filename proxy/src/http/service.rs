@@ -50,6 +50,9 @@ pub struct Ctx {
     /// Backends tried so far, by name.
     tried: Vec<routing_table::Name>,
     upstream: Option<Upstream>,
+    /// The upstream socket of the attempt in progress (HTTP/1), held by
+    /// Pingora until the response is through; see [`super::quick_ack`].
+    upstream_fd: Option<std::os::unix::io::RawFd>,
     /// What the edge answered itself, for the log.
     answered: Option<&'static str>,
     /// The request came over TLS.
@@ -145,6 +148,7 @@ impl ProxyHttp for Proxy {
             snapshot: None,
             tried: Vec::new(),
             upstream: None,
+            upstream_fd: None,
             answered: None,
             tls: false,
             stored: false,
@@ -309,6 +313,35 @@ impl ProxyHttp for Proxy {
         }
         let under_attack = ctx.site.as_ref().is_some_and(|s| s.protection == routing_table::Protection::UnderAttack);
         cache::stale_allowed(session.cache.cache_meta(), std::time::SystemTime::now(), error.is_some(), under_attack)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_fd = Some(fd);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // The request is written by now: see quick_ack for why here. `take`:
+        // the fd is only used while Pingora still holds the connection.
+        if let Some(fd) = ctx.upstream_fd.take() {
+            if super::quick_ack::wanted(resp) {
+                super::quick_ack::ack_promptly(fd);
+            }
+        }
+        Ok(())
     }
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
