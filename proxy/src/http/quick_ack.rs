@@ -39,9 +39,9 @@ pub fn wanted(resp: &ResponseHeader) -> bool {
     }
 }
 
-/// Takes the TCP socket `fd` out of delayed-ACK ping-pong mode (Linux).
-/// Errors (not a TCP socket, not Linux) change nothing and are ignored:
-/// the response is only slower.
+/// Takes the TCP socket `fd` out of delayed-ACK ping-pong mode (a Linux
+/// option). An error (`fd` is not a TCP socket) changes nothing and is
+/// only logged: the response is just slower.
 ///
 /// `fd` must be open for the length of the call: the callers pass the
 /// upstream socket Pingora holds for the response being read.
