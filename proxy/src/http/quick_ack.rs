@@ -39,6 +39,20 @@ pub fn wanted(resp: &ResponseHeader) -> bool {
     }
 }
 
+/// For each response header from the upstream: the final one (not a 1xx,
+/// which the same connection's answer follows) uses up the attempt's `fd`
+/// and asks for prompt ACKs if its body [`wanted`] them.
+pub fn on_upstream_header(fd: &mut Option<std::os::unix::io::RawFd>, resp: &ResponseHeader) {
+    if resp.status.is_informational() {
+        return;
+    }
+    if let Some(fd) = fd.take() {
+        if wanted(resp) {
+            ack_promptly(fd);
+        }
+    }
+}
+
 /// Takes the TCP socket `fd` out of delayed-ACK ping-pong mode (a Linux
 /// option). An error (`fd` is not a TCP socket) changes nothing and is
 /// only logged: the response is just slower.
@@ -81,6 +95,18 @@ mod tests {
         assert!(!wanted(&resp(304, None)));
         assert!(!wanted(&resp(204, None)));
         assert!(!wanted(&resp(101, None)));
+    }
+
+    #[test]
+    fn the_fd_is_used_up_by_the_final_header_only() {
+        // -1: ack_promptly ignores it; what is checked is the fd's use.
+        let mut fd = Some(-1);
+        on_upstream_header(&mut fd, &resp(100, None));
+        assert_eq!(fd, Some(-1), "a 100 Continue: the answer is still to come");
+        on_upstream_header(&mut fd, &resp(200, Some("1024")));
+        assert_eq!(fd, None, "the final header, even a short one, uses it up");
+        on_upstream_header(&mut fd, &resp(200, None));
+        assert_eq!(fd, None);
     }
 
     #[cfg(target_os = "linux")]

@@ -334,13 +334,10 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // The request is written by now: see quick_ack for why here. `take`:
-        // the fd is only used while Pingora still holds the connection.
-        if let Some(fd) = ctx.upstream_fd.take() {
-            if super::quick_ack::wanted(resp) {
-                super::quick_ack::ack_promptly(fd);
-            }
-        }
+        // The request is written by now: see quick_ack for why here. The fd
+        // is used up, so it is only used while Pingora still holds the
+        // connection.
+        super::quick_ack::on_upstream_header(&mut ctx.upstream_fd, resp);
         Ok(())
     }
 
