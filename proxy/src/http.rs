@@ -5,6 +5,7 @@
 //! stops when the edge's shutdown channel turns true.
 
 pub mod acme;
+pub mod batched_writes;
 pub mod cache;
 pub mod certs;
 pub mod config;

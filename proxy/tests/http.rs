@@ -512,6 +512,72 @@ fn resumed(port: u16, version: &str, sess: &std::path::Path) -> (String, bool) {
     (line.split(',').take(2).collect::<Vec<_>>().join(","), first.contains("TLS session ticket:"))
 }
 
+/// HTTP/2 answers leave once a scheduler round, several in one write
+/// (`batched_writes`): many streams on one connection, at once and one
+/// after another, each arrive whole, none waits for another to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_answers_on_one_connection_arrive_whole_at_once_and_one_by_one() {
+    let w = World::start().await;
+    let d = w._dir.path();
+    let ca = d.join("var/http/ca.pem").display().to_string();
+    let resolve = format!("blog.test:{}:127.0.0.1", w.tls_port);
+    let base = format!("https://blog.test:{}", w.tls_port);
+    // 64 transfers multiplexed on one connection: small answers from the
+    // cache and from the origin, 20 KiB ones, and 300 KiB ones (over the
+    // cache's object limit: streamed).
+    let kinds = [
+        ("/static/page.html?cc=max-age=60", "<p>b1 static page</p>\n".as_bytes().to_vec()),
+        ("/echo", Vec::new()),
+        ("/static/mid.bin?cc=no-store", vec![b'm'; 20 * 1024]),
+        ("/static/big.bin?cc=max-age=60", vec![b'b'; 300 * 1024]),
+    ];
+    let files: Vec<_> = (0..64).map(|i| d.join(format!("h2-{i}"))).collect();
+    let mut args: Vec<String> =
+        ["--http2", "--parallel", "--parallel-max", "32", "--cacert", &ca, "--resolve", &resolve]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+    args.extend(["-w".to_string(), "%{http_code} %{http_version} %{num_connects}\n".to_string()]);
+    for (i, file) in files.iter().enumerate() {
+        let (path, _) = &kinds[i % 4];
+        let sep = if path.contains('?') { '&' } else { '?' };
+        args.extend([format!("{base}{path}{sep}n={}", i % 8), "-o".to_string(), file.display().to_string()]);
+    }
+    let (code, out) = curl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<_> = out.lines().collect();
+    assert_eq!(lines.len(), 64, "{out}");
+    assert!(lines.iter().all(|l| l.starts_with("200 2 ")), "{out}");
+    let connects: u32 = lines.iter().map(|l| l.rsplit(' ').next().unwrap().parse::<u32>().unwrap()).sum();
+    assert_eq!(connects, 1, "all on one connection: {out}");
+    for (i, file) in files.iter().enumerate() {
+        let got = std::fs::read(file).unwrap();
+        match &kinds[i % 4] {
+            (_, want) if !want.is_empty() => assert!(got == *want, "transfer {i}: {} bytes", got.len()),
+            _ => assert!(got.starts_with(b"b1 ") && got.ends_with(b"\n"), "transfer {i}: {got:?}"),
+        }
+    }
+    // One after another on one connection: each answer leaves without
+    // waiting for anything else to happen on the connection.
+    let mut args = vec!["--http2", "--cacert", &ca, "--resolve", &resolve, "-o", "/dev/null"];
+    args.extend(["-w", "%{http_code} %{http_version} %{num_connects} %{time_total}\n"]);
+    let urls: Vec<_> = (0..40).map(|i| format!("{base}/static/page.html?cc=max-age=60&n={}", i % 2)).collect();
+    for url in &urls {
+        args.extend([url.as_str(), "-o", "/dev/null"]);
+    }
+    let (code, out) = curl(&args);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<_> = out.lines().collect();
+    assert_eq!(lines.len(), 40, "{out}");
+    for l in &lines {
+        let f: Vec<_> = l.split(' ').collect();
+        assert_eq!(&f[..2], ["200", "2"], "{out}");
+        assert!(f[3].parse::<f64>().unwrap() < 1.0, "an answer was held back: {out}");
+    }
+    let connects: u32 = lines.iter().map(|l| l.split(' ').nth(2).unwrap().parse::<u32>().unwrap()).sum();
+    assert_eq!(connects, 1, "all on one connection: {out}");
+}
+
 /// Session resumption: by ticket and by session ID on `tls_listen`, never
 /// on `tls_listen_no_resumption`; a handshake has a deadline, and failed
 /// ones are counted.

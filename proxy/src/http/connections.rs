@@ -34,9 +34,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType,
-};
+use pingora::protocols::{Shutdown, Stream};
 use pingora::server::ShutdownWatch;
 use prometheus::IntCounterVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -325,60 +323,69 @@ impl Shutdown for HeaderTimed {
     }
 }
 
-impl UniqueID for HeaderTimed {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
+/// Pingora's stream traits that a wrapper of a [`Stream`] in its `inner`
+/// field passes through (all but the reads, the writes and `Shutdown`).
+macro_rules! delegate_stream_traits {
+    ($t:ty) => {
+        impl pingora::protocols::UniqueID for $t {
+            fn id(&self) -> pingora::protocols::UniqueIDType {
+                pingora::protocols::UniqueID::id(&*self.inner)
+            }
+        }
 
-impl Ssl for HeaderTimed {
-    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
+        impl pingora::protocols::Ssl for $t {
+            fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+                pingora::protocols::Ssl::get_ssl(&*self.inner)
+            }
+            fn get_ssl_digest(&self) -> Option<std::sync::Arc<pingora::protocols::tls::SslDigest>> {
+                pingora::protocols::Ssl::get_ssl_digest(&*self.inner)
+            }
+            fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+                pingora::protocols::Ssl::selected_alpn_proto(&*self.inner)
+            }
+        }
 
-impl GetTimingDigest for HeaderTimed {
-    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
+        impl pingora::protocols::GetTimingDigest for $t {
+            fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+                pingora::protocols::GetTimingDigest::get_timing_digest(&*self.inner)
+            }
+            fn get_read_pending_time(&self) -> std::time::Duration {
+                pingora::protocols::GetTimingDigest::get_read_pending_time(&*self.inner)
+            }
+            fn get_write_pending_time(&self) -> std::time::Duration {
+                pingora::protocols::GetTimingDigest::get_write_pending_time(&*self.inner)
+            }
+        }
 
-impl GetProxyDigest for HeaderTimed {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
-        self.inner.set_proxy_digest(digest)
-    }
-}
+        impl pingora::protocols::GetProxyDigest for $t {
+            fn get_proxy_digest(&self) -> Option<std::sync::Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+                pingora::protocols::GetProxyDigest::get_proxy_digest(&*self.inner)
+            }
+            fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+                pingora::protocols::GetProxyDigest::set_proxy_digest(&mut *self.inner, digest)
+            }
+        }
 
-impl GetSocketDigest for HeaderTimed {
-    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
-        self.inner.set_socket_digest(digest)
-    }
-}
+        impl pingora::protocols::GetSocketDigest for $t {
+            fn get_socket_digest(&self) -> Option<std::sync::Arc<pingora::protocols::SocketDigest>> {
+                pingora::protocols::GetSocketDigest::get_socket_digest(&*self.inner)
+            }
+            fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+                pingora::protocols::GetSocketDigest::set_socket_digest(&mut *self.inner, digest)
+            }
+        }
 
-#[async_trait]
-impl Peek for HeaderTimed {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
+        #[async_trait::async_trait]
+        impl pingora::protocols::Peek for $t {
+            async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+                pingora::protocols::Peek::try_peek(&mut *self.inner, buf).await
+            }
+        }
+    };
 }
+pub(super) use delegate_stream_traits;
+
+delegate_stream_traits!(HeaderTimed);
 
 #[cfg(test)]
 mod tests {

@@ -28,11 +28,12 @@ use std::time::Duration;
 use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::listeners::{PreTlsProcess, TlsAcceptCallbacks};
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
+use pingora::protocols::{Ssl, Stream, ALPN};
 use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::ServerConfig;
 
 use super::acme::challenge::TlsAlpnChallenges;
+use super::batched_writes::Batched;
 use super::certs::{Certs, Resolver};
 
 /// How long a handshake may take when there is no header deadline.
@@ -136,8 +137,16 @@ impl Tls {
         if let Some(challenges) = &self.challenges {
             challenges.process(&mut l4).await.ok()?;
         }
-        match tokio::time::timeout(self.deadline, acceptor.tls_handshake(l4)).await {
-            Ok(Ok(tls)) => Some(Box::new(tls)),
+        // Under the TLS layer: an HTTP/2 connection's writes go out once a
+        // scheduler round.
+        let (batched, batching) = Batched::new(Box::new(l4));
+        match tokio::time::timeout(self.deadline, acceptor.tls_handshake(batched)).await {
+            Ok(Ok(tls)) => {
+                if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) {
+                    batching.on();
+                }
+                Some(Box::new(tls))
+            }
             Ok(Err(e)) => {
                 self.errors.inc();
                 tracing::debug!(client = ?client, error = %e, "https: handshake failed");
