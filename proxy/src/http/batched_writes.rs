@@ -13,7 +13,8 @@
 //! through. Then:
 //!
 //! - writes are kept in a buffer (up to [`LIMIT`]; one of [`DIRECT`] bytes
-//!   or more, with nothing buffered, goes straight to the socket);
+//!   or more, with nothing buffered, goes straight to the socket; once
+//!   written out, the buffer keeps at most [`DIRECT`] bytes of capacity);
 //! - a flush with bytes buffered does not write: it asks the runtime to
 //!   wake the connection's task once the tasks ready now have run
 //!   (`tokio::task::yield_now`'s deferred wake), and says the flush is
@@ -124,6 +125,8 @@ impl Batched {
         self.held.drain(..done);
         if self.held.is_empty() {
             self.round = None;
+            // An idle connection keeps a small buffer at most.
+            self.held.shrink_to(DIRECT);
         }
         result
     }
@@ -373,6 +376,7 @@ mod tests {
             b.flush().await.unwrap();
         }
         AsyncWriteExt::shutdown(&mut b).await.unwrap();
+        assert!(b.held.capacity() <= DIRECT, "the buffer shrinks once written out");
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await.unwrap().unwrap();
         assert_eq!(got.len(), sent.len());
         assert!(got == sent, "the bytes arrive in order");
