@@ -576,16 +576,16 @@ async fn http2_answers_on_one_connection_arrive_whole_at_once_and_one_by_one() {
     }
     let connects: u32 = lines.iter().map(|l| l.split(' ').nth(2).unwrap().parse::<u32>().unwrap()).sum();
     assert_eq!(connects, 1, "all on one connection: {out}");
-    // An upload of 900 KiB (nginx takes 1 MiB): it goes on only as edge's window updates reach
-    // the client.
+    // An upload of 4 MiB, stored by the origin (WebDAV PUT) before it
+    // answers: it goes on only as edge's window updates reach the client.
     let upload = d.join("upload.bin");
-    std::fs::write(&upload, vec![b'u'; 900 * 1024]).unwrap();
-    let data = format!("@{}", upload.display());
-    let url = format!("{base}/upload");
-    let (code, out) = curl(&[
-        "--http2", "--cacert", &ca, "--resolve", &resolve, "--data-binary", &data, "-w", "\n%{http_code} %{http_version}", &url,
-    ]);
-    assert!(code == 0 && out.starts_with("b1 ") && out.ends_with("200 2"), "{out}");
+    let sent: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&upload, &sent).unwrap();
+    let (upload, url) = (upload.display().to_string(), format!("{base}/upload/h2.bin"));
+    let w_fmt = "%{http_code} %{http_version}";
+    let (code, out) = curl(&["--http2", "--cacert", &ca, "--resolve", &resolve, "-T", &upload, "-w", w_fmt, &url]);
+    assert!(code == 0 && out.ends_with("201 2"), "curl exit {code}: {out}");
+    assert!(std::fs::read(d.join("nginx-b1/up/h2.bin")).unwrap() == sent, "the origin stored the upload whole");
 }
 
 /// Session resumption: by ticket and by session ID on `tls_listen`, never

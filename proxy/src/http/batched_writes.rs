@@ -1,11 +1,11 @@
-//! One write per scheduler round for an HTTP/2 client connection.
+//! One write per poll of an HTTP/2 client connection's task.
 //!
 //! The `h2` crate keeps each DATA frame of 256 bytes or more aside instead
 //! of copying it, and must flush the connection before it takes the next
 //! frame. Under TLS every flush reaches the socket, so each HTTP/2 response
 //! cost at least one TLS record write and one `sendto` of its own, where
 //! HAProxy and nginx write what a round of their event loop produced at
-//! once (h2load, 4 streams a connection: 1.25 `sendto` a response against
+//! once (h2load, 4 streams a connection: 1.28 `sendto` a response against
 //! HAProxy's 0.25).
 //!
 //! [`Batched`] sits under the TLS layer of an HTTPS connection. Until
@@ -15,28 +15,27 @@
 //! - writes are kept in a buffer (up to [`LIMIT`]; one of [`DIRECT`] bytes
 //!   or more, with nothing buffered, goes straight to the socket; once
 //!   written out, the buffer keeps at most [`DIRECT`] bytes of capacity);
-//! - a flush with bytes buffered does not write: it asks the runtime to
-//!   wake the connection's task once the tasks ready now have run
-//!   (`tokio::task::yield_now`'s deferred wake), and says the flush is
-//!   done. The streams' tasks that run meanwhile add their responses;
-//! - once that wake has come, the next read, flush or shutdown writes the
-//!   buffer out, in one `sendto` where the socket takes it all.
+//! - the first flush with bytes buffered does not write: it wakes the
+//!   connection's task, which the runtime then polls again after the tasks
+//!   already queued (the streams' tasks, which add their answers), and
+//!   says the flush is done; later flushes before that poll do the same;
+//! - the next read writes the buffer out, in one `sendto` where the socket
+//!   takes it all.
 //!
 //! This relies on how `h2` drives a server connection, which is why it is
 //! switched on for HTTP/2 only: every write and flush comes from the one
 //! task that polls the connection, and each poll of that task reads the
-//! socket first. So the task the wake comes back to always reads, and the
+//! socket before it writes. So the poll the wake brings reads, and the
 //! buffer goes out then. An HTTP/1 task may instead wait on its backend
-//! between writes, with its answer held back. Dropped with bytes still
-//! buffered (an idle connection closed by Pingora), it makes one
-//! non-blocking attempt to write them.
+//! between writes, with its answer held back. Shutdown writes the buffer
+//! out first; dropped with bytes still buffered (an idle connection closed
+//! by Pingora), the stream makes one non-blocking attempt to write them.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll, Waker};
 
 use async_trait::async_trait;
 use pingora::protocols::{Shutdown, Stream};
@@ -57,55 +56,24 @@ impl BatchSwitch {
     }
 }
 
-/// The deferred wake of a connection's task, and whether it has come.
-struct Round {
-    came: AtomicBool,
-    task: Waker,
-}
-
-impl Wake for Round {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref()
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.came.store(true, Ordering::Release);
-        self.task.wake_by_ref();
-    }
-}
-
-/// A client stream whose writes, once switched on, go out once a round.
+/// A client stream whose writes, once switched on, go out once a poll.
 pub struct Batched {
     inner: Stream,
     switch: BatchSwitch,
     held: Vec<u8>,
-    /// The wake asked for by the last flush that held bytes back.
-    round: Option<Arc<Round>>,
+    /// A flush held bytes back and woke the task: the next read writes
+    /// them.
+    woken: bool,
 }
 
 impl Batched {
     pub fn new(inner: Stream) -> (Batched, BatchSwitch) {
         let switch = BatchSwitch::default();
-        (Batched { inner, switch: switch.clone(), held: Vec::new(), round: None }, switch)
+        (Batched { inner, switch: switch.clone(), held: Vec::new(), woken: false }, switch)
     }
 
     fn on(&self) -> bool {
         self.switch.0.load(Ordering::Acquire)
-    }
-
-    /// Whether the wake the last flush asked for has come.
-    fn round_came(&self) -> bool {
-        self.round.as_ref().is_some_and(|r| r.came.load(Ordering::Acquire))
-    }
-
-    /// Asks for the task in `cx` to be woken after the tasks ready now.
-    fn start_round(&mut self, cx: &Context<'_>) {
-        let round = Arc::new(Round { came: AtomicBool::new(false), task: cx.waker().clone() });
-        let waker = Waker::from(Arc::clone(&round));
-        // The first poll of `yield_now` hands its waker to the runtime's
-        // deferred list and is Pending; the future is not needed after.
-        let yielded = std::pin::pin!(tokio::task::yield_now());
-        let _ = yielded.poll(&mut Context::from_waker(&waker));
-        self.round = Some(round);
     }
 
     /// Writes the held bytes out.
@@ -124,7 +92,7 @@ impl Batched {
         };
         self.held.drain(..done);
         if self.held.is_empty() {
-            self.round = None;
+            self.woken = false;
             // An idle connection keeps a small buffer at most.
             self.held.shrink_to(DIRECT);
         }
@@ -149,7 +117,7 @@ impl std::fmt::Debug for Batched {
 impl AsyncRead for Batched {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.held.is_empty() && this.round_came() {
+        if this.woken {
             // Pending: the socket is full, and the read goes on.
             if let Poll::Ready(Err(e)) = this.poll_write_held(cx) {
                 return Poll::Ready(Err(e));
@@ -191,17 +159,15 @@ impl AsyncWrite for Batched {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.held.is_empty() {
-            if this.round.is_none() {
-                this.start_round(cx);
-                return Poll::Ready(Ok(()));
-            }
-            if !this.round_came() {
-                return Poll::Ready(Ok(()));
-            }
-            ready!(this.poll_write_held(cx))?;
+        if this.held.is_empty() {
+            return Pin::new(&mut this.inner).poll_flush(cx);
         }
-        Pin::new(&mut this.inner).poll_flush(cx)
+        if !this.woken {
+            // Polled again after the tasks queued now; its read writes.
+            cx.waker().wake_by_ref();
+            this.woken = true;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -321,28 +287,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_rounds_flushes_go_out_in_one_write_once_the_wake_has_come() {
+    async fn a_polls_flushes_go_out_in_one_write_at_the_next_read() {
         let (mut b, writes, mut peer) = batched(true, 1 << 16);
-        write_and_flush_in_one_poll(&mut b, &[b"frame 1 ", b"frame 2 ", b"frame 3"]).await;
-        assert_eq!(writes.load(Ordering::Relaxed), 0, "held for the round");
-        // Before the wake, a read writes nothing.
-        poll_read_once(&mut b).await;
-        assert_eq!(writes.load(Ordering::Relaxed), 0, "the round is not over");
-        // The runtime wakes the task after the other ready tasks (here:
-        // none, so at its next turn); its next read writes them all.
-        tokio::task::yield_now().await;
-        assert!(b.round_came());
-        poll_read_once(&mut b).await;
+        let (woken, waker) = counted_waker();
+        let mut cx = Context::from_waker(&waker);
+        for part in [&b"frame 1 "[..], b"frame 2 ", b"frame 3"] {
+            assert!(matches!(Pin::new(&mut b).poll_write(&mut cx, part), Poll::Ready(Ok(n)) if n == part.len()));
+            assert!(matches!(Pin::new(&mut b).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        }
+        assert_eq!(writes.load(Ordering::Relaxed), 0, "held");
+        assert_eq!(woken.load(Ordering::Relaxed), 1, "the task is woken once for the three flushes");
+        // The poll the wake brings reads first: that writes them all.
+        let mut space = [0u8; 16];
+        assert!(Pin::new(&mut b).poll_read(&mut cx, &mut ReadBuf::new(&mut space)).is_pending());
         assert_eq!(writes.load(Ordering::Relaxed), 1);
         assert_eq!(read_exactly(&mut peer, 23).await, b"frame 1 frame 2 frame 3");
-        // The next round starts afresh.
+        // The next flush wakes again.
         write_and_flush_in_one_poll(&mut b, &[b"frame 4"]).await;
         assert_eq!(writes.load(Ordering::Relaxed), 1);
-        tokio::task::yield_now().await;
-        // A flush after the wake writes too.
-        b.flush().await.unwrap();
+        poll_read_once(&mut b).await;
         assert_eq!(writes.load(Ordering::Relaxed), 2);
         assert_eq!(read_exactly(&mut peer, 7).await, b"frame 4");
+    }
+
+    /// A waker that counts its wakes.
+    fn counted_waker() -> (Arc<AtomicUsize>, Waker) {
+        struct Counter(Arc<AtomicUsize>);
+        impl std::task::Wake for Counter {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(AtomicUsize::new(0));
+        (Arc::clone(&count), Waker::from(Arc::new(Counter(Arc::clone(&count)))))
+    }
+
+    #[tokio::test]
+    async fn a_flush_wakes_the_task_that_then_writes() {
+        // Through the runtime: the flush's wake brings the task back, and
+        // its read writes.
+        let (mut b, writes, mut peer) = batched(true, 1 << 16);
+        let writer = tokio::spawn(async move {
+            b.write_all(b"answer").await.unwrap();
+            b.flush().await.unwrap();
+            // Pending once, with no waker kept: only the flush's wake
+            // polls the task again.
+            let mut once = false;
+            std::future::poll_fn(|_| if std::mem::replace(&mut once, true) { Poll::Ready(()) } else { Poll::Pending })
+                .await;
+            let mut space = [0u8; 1];
+            let _ = b.read(&mut space).await;
+        });
+        assert_eq!(read_exactly(&mut peer, 6).await, b"answer");
+        assert_eq!(writes.load(Ordering::Relaxed), 1);
+        writer.abort();
     }
 
     #[tokio::test]

@@ -46,6 +46,7 @@ impl Nginx {
                    add_header Vary Accept-Language;\n      return 200 \"{name} lang=$http_accept_language\\n\";\n    }}\n\
                  location /static/ {{\n      alias {d}/www/;\n      add_header Cache-Control $arg_cc;\n    }}\n\
                  location /slow/ {{\n      alias {d}/www/;\n      limit_rate 10k;\n      add_header Cache-Control max-age=60;\n    }}\n\
+                 location /upload/ {{\n      alias {d}/up/;\n      dav_methods PUT;\n      create_full_put_path on;\n      client_max_body_size 8m;\n    }}\n\
                }}\n\
                server {{\n    listen {ip}:{pp_port} proxy_protocol;\n\
                  location / {{\n      default_type text/plain;\n\
