@@ -560,7 +560,7 @@ async fn http2_answers_on_one_connection_arrive_whole_at_once_and_one_by_one() {
     // One after another on one connection: each answer leaves without
     // waiting for anything else to happen on the connection.
     let mut args = vec!["--http2", "--cacert", &ca, "--resolve", &resolve, "-o", "/dev/null"];
-    args.extend(["-w", "%{http_code} %{http_version} %{num_connects} %{time_total}\n"]);
+    args.extend(["-w", "%{http_code} %{http_version} %{num_connects} %{time_total} %{size_download}\n"]);
     let urls: Vec<_> = (0..40).map(|i| format!("{base}/static/page.html?cc=max-age=60&n={}", i % 2)).collect();
     for url in &urls {
         args.extend([url.as_str(), "-o", "/dev/null"]);
@@ -573,6 +573,7 @@ async fn http2_answers_on_one_connection_arrive_whole_at_once_and_one_by_one() {
         let f: Vec<_> = l.split(' ').collect();
         assert_eq!(&f[..2], ["200", "2"], "{out}");
         assert!(f[3].parse::<f64>().unwrap() < 1.0, "an answer was held back: {out}");
+        assert_eq!(f[4], "22", "the whole page: {out}");
     }
     let connects: u32 = lines.iter().map(|l| l.split(' ').nth(2).unwrap().parse::<u32>().unwrap()).sum();
     assert_eq!(connects, 1, "all on one connection: {out}");
