@@ -512,9 +512,10 @@ fn resumed(port: u16, version: &str, sess: &std::path::Path) -> (String, bool) {
     (line.split(',').take(2).collect::<Vec<_>>().join(","), first.contains("TLS session ticket:"))
 }
 
-/// HTTP/2 answers leave once a scheduler round, several in one write
-/// (`batched_writes`): many streams on one connection, at once and one
-/// after another, each arrive whole, none waits for another to end.
+/// HTTP/2 answers leave once a poll of the connection's task, several in
+/// one write (`batched_writes`): many streams on one connection, at once
+/// and one after another, each arrive whole, none waits for another to
+/// end; an upload gets its window updates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_answers_on_one_connection_arrive_whole_at_once_and_one_by_one() {
     let w = World::start().await;

@@ -138,7 +138,7 @@ impl Tls {
             challenges.process(&mut l4).await.ok()?;
         }
         // Under the TLS layer: an HTTP/2 connection's writes go out once a
-        // scheduler round.
+        // poll of its task (`batched_writes`).
         let (batched, batching) = Batched::new(Box::new(l4));
         match tokio::time::timeout(self.deadline, acceptor.tls_handshake(batched)).await {
             Ok(Ok(tls)) => {
