@@ -315,7 +315,26 @@ async fn moves_under_load_fail_no_request_and_take_effect_on_the_next_one() {
 
 /// Runs curl (`-s`, 10 s at most) and returns its exit code and output.
 fn curl(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new("curl").args(["-s", "--max-time", "10"]).args(args).output().unwrap();
+    curl_fed(args, &[])
+}
+
+/// [`curl`] with `input` on its standard input (`-T -` uploads it with no
+/// declared length: chunked on HTTP/1.1, no `Content-Length` on HTTP/2).
+fn curl_fed(args: &[&str], input: &[u8]) -> (i32, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut stdin, input) = (child.stdin.take().unwrap(), input.to_vec());
+    // curl may stop reading its input (an early answer): ignore the error.
+    let feeder = std::thread::spawn(move || drop(stdin.write_all(&input)));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -588,6 +607,64 @@ async fn http2_answers_on_one_connection_arrive_whole_at_once_and_one_by_one() {
     let (code, out) = curl(&["--http2", "--cacert", &ca, "--resolve", &resolve, "-T", &upload, "-w", w_fmt, &url]);
     assert!(code == 0 && out.ends_with("201 2"), "curl exit {code}: {out}");
     assert!(std::fs::read(d.join("nginx-b1/up/h2.bin")).unwrap() == sent, "the origin stored the upload whole");
+}
+
+/// Request bodies over the site's `max_body_bytes` get 413 and are never
+/// stored by the backend, whether their length is declared (refused before
+/// anything is proxied) or not (chunked HTTP/1.1, HTTP/2 without
+/// `Content-Length`: counted as they stream, cut off once past the limit).
+/// An HTTP/2 client still sending gets its 413: curl 7.88 dropped the
+/// answer when the stream's reset came in the same TLS record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_over_the_sites_limit_get_413_with_or_without_a_declared_length() {
+    let w = World::start().await;
+    let d = w._dir.path();
+    let p1 = w.origins[0].port;
+    w.apply(json!([{"op": "put", "entity": {"kind": "site", "name": "blog", "hosts": ["blog.test"],
+        "backends": [{"backend": "b1", "port": p1}], "policy": {"limits": {"max_body_bytes": 100_000}}}}]))
+    .await;
+    let ca = d.join("var/http/ca.pem").display().to_string();
+    let resolve = [format!("blog.test:{}:127.0.0.1", w.port), format!("blog.test:{}:127.0.0.1", w.tls_port)];
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let file = d.join("body.bin");
+    std::fs::write(&file, &body).unwrap();
+    let file = file.display().to_string();
+    let stored = |name: &str| std::fs::read(d.join("nginx-b1/up").join(name)).ok();
+    let plain = format!("http://blog.test:{}/upload", w.port);
+    let tls = format!("https://blog.test:{}/upload", w.tls_port);
+    for (version, base, shown) in [("--http1.1", plain, "1.1"), ("--http2", tls, "2")] {
+        let args = |url: String| -> Vec<String> {
+            let mut a: Vec<String> = ["--cacert", &ca, "--resolve", &resolve[0], "--resolve", &resolve[1], version]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            a.extend(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"].map(String::from));
+            a.extend(["-T".to_string(), "-".to_string(), url]);
+            a
+        };
+        let run = |args: &[String], input: &[u8]| curl_fed(&args.iter().map(String::as_str).collect::<Vec<_>>(), input);
+        // Each refusal races the client's sending: a few tries each.
+        for i in 0..4 {
+            // Declared: curl sends `Content-Length` for a file.
+            let mut declared = args(format!("{base}/declared-{shown}-{i}.bin"));
+            let n = declared.len();
+            declared[n - 2] = file.clone();
+            let (code, out) = run(&declared, &[]);
+            assert_eq!((code, out.as_str()), (0, format!("413 {shown}").as_str()), "declared, {version}");
+            // Not declared, over the limit.
+            let (code, out) = run(&args(format!("{base}/streamed-{shown}-{i}.bin")), &body);
+            assert_eq!((code, out.as_str()), (0, format!("413 {shown}").as_str()), "streamed, {version}");
+        }
+        // Not declared, within the limit: stored whole.
+        let (code, out) = run(&args(format!("{base}/small-{shown}.bin")), &body[..60_000]);
+        assert_eq!((code, out.as_str()), (0, format!("201 {shown}").as_str()), "small, {version}");
+        assert!(stored(&format!("small-{shown}.bin")).is_some_and(|b| b == body[..60_000]), "{version}");
+        for i in 0..4 {
+            for name in [format!("declared-{shown}-{i}.bin"), format!("streamed-{shown}-{i}.bin")] {
+                assert!(stored(&name).is_none(), "the backend stored {name}");
+            }
+        }
+    }
 }
 
 /// Session resumption: by ticket and by session ID on `tls_listen`, never

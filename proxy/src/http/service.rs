@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -65,6 +65,12 @@ pub struct Ctx {
     _in_flight: Option<pingora_limits::inflight::Guard>,
     /// Counts it at the backends of a site under attack.
     _at_backend: Option<pingora_limits::inflight::Guard>,
+    /// The site's `max_body_bytes`, and the body bytes sent to this
+    /// attempt's backend: counted as the body streams, for bodies of no
+    /// declared length. A retry sends Pingora's buffered copy again, so
+    /// each attempt counts from 0.
+    body_limit: u64,
+    body_sent: u64,
 }
 
 fn client_ip(session: &Session) -> IpAddr {
@@ -72,6 +78,21 @@ fn client_ip(session: &Session) -> IpAddr {
 }
 
 const HTML: &str = "text/html; charset=utf-8";
+
+/// How long the edge goes on reading, and dropping, the body of an
+/// HTTP/1 request it refused with 413, before it closes the connection.
+/// A client still sending then reads the answer instead of a reset
+/// (nginx's lingering close; its `lingering_time` is 30 s). HTTP/2 needs
+/// none: the stream's reset tells the client to stop.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// How long an HTTP/2 answer given before the request's body is all in
+/// (413, an early answer from the backend) goes ahead of the stream's
+/// reset. curl 7.88 drops an answer that arrives in one TLS record with
+/// the reset (exit 92, no status): the answer must be written first. The
+/// connection's task, which writes it, may run on another thread than the
+/// request's (Pingora spawns streams on any of the service's threads).
+const RESET_AFTER: Duration = Duration::from_millis(5);
 
 /// The request's host as sent: the `Host` header, else the authority of
 /// the request line (absolute URI, HTTP/2's `:authority`).
@@ -111,7 +132,15 @@ impl Proxy {
         ctx.answered = Some(page_label(page));
         let retry: Vec<(&str, String)> =
             page.retry_after().map(|s| ("retry-after", s.to_string())).into_iter().collect();
+        let refused_body = page == Page::TooLarge && !session.is_http2();
+        if refused_body {
+            // Not kept alive: the rest of the body is not read to the end.
+            session.set_keepalive(None);
+        }
         respond(session, page.status(), HTML, Bytes::from_static(page.body().as_bytes()), &retry).await?;
+        if refused_body {
+            let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
+        }
         Ok(true)
     }
 
@@ -155,6 +184,8 @@ impl ProxyHttp for Proxy {
             cache: None,
             _in_flight: None,
             _at_backend: None,
+            body_limit: 0,
+            body_sent: 0,
         }
     }
 
@@ -203,6 +234,7 @@ impl ProxyHttp for Proxy {
                 if declared.is_some_and(|n: u64| n > limit) {
                     return self.page(session, ctx, Page::TooLarge).await;
                 }
+                ctx.body_limit = limit;
                 match self.shared.limiter.admit(&site, client_ip(session)) {
                     Ok(guard) => ctx._in_flight = guard,
                     Err(refusal) => {
@@ -219,8 +251,32 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    /// A body of no declared length (chunked, or HTTP/2 without
+    /// `Content-Length`) is counted as it streams to the backend: past the
+    /// site's `max_body_bytes`, the request fails with 413 (the page if no
+    /// answer has started) and the backend connection is dropped.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.body_sent += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_sent > ctx.body_limit {
+            return Err(Error::create(
+                ErrorType::HTTPStatus(413),
+                pingora::ErrorSource::Downstream,
+                Some("the request body is over the site's max_body_bytes".into()),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let site = ctx.site.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no site routed"))?;
+        ctx.body_sent = 0;
         // The request's own snapshot: one table read per request, retries
         // included (a retry skips the backends already tried).
         let snapshot = ctx.snapshot.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
@@ -396,10 +452,16 @@ impl ProxyHttp for Proxy {
 
     /// A request that could not be proxied gets the edge's page: 503 with
     /// Retry-After when no backend could take it, 502 when the one that
-    /// took it failed.
+    /// took it failed, 413 when its body grew past the site's limit.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // An answer already under way (or a switch of protocols) cannot be
+        // replaced: the connection is closed, which cuts it short.
+        if let Some(written) = session.response_written().filter(|r| !r.status.is_informational() || r.status == 101) {
+            return FailToProxy { error_code: written.status.as_u16(), can_reuse_downstream: false };
+        }
         let page = match e.etype() {
             ErrorType::HTTPStatus(503) => Some(Page::NoBackend),
+            ErrorType::HTTPStatus(413) => Some(Page::TooLarge),
             _ if e.esource() == &pingora::ErrorSource::Upstream => Some(Page::BadGateway),
             _ => None,
         };
@@ -428,6 +490,12 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // Answered before the request's body is all in: over HTTP/2, the
+        // stream is reset (NO_ERROR) once the session is dropped, which
+        // stops the upload. See [`RESET_AFTER`].
+        if session.is_http2() && !session.is_body_done() {
+            tokio::time::sleep(RESET_AFTER).await;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let metrics = &self.shared.metrics;
         metrics.count_request(status);
