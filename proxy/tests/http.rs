@@ -622,7 +622,7 @@ async fn request_bodies_over_the_sites_limit_get_413_with_or_without_a_declared_
     let p1 = w.origins[0].port;
     w.apply(json!([{"op": "put", "entity": {"kind": "site", "name": "blog", "hosts": ["blog.test"],
         "backends": [{"backend": "b1", "port": p1}], "policy": {"limits": {"max_body_bytes": 100_000}}}}]))
-    .await;
+        .await;
     let ca = d.join("var/http/ca.pem").display().to_string();
     let resolve = [format!("blog.test:{}:127.0.0.1", w.port), format!("blog.test:{}:127.0.0.1", w.tls_port)];
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
