@@ -165,7 +165,13 @@ impl Http {
             limiter,
             acme: acme.clone(),
         });
-        let app = pingora::proxy::http_proxy(&server.configuration, service::Proxy { shared });
+        let http2_idle_timeout = shared.settings.http2_idle_timeout;
+        let mut app = pingora::proxy::http_proxy(&server.configuration, service::Proxy { shared });
+        // Without it, an HTTP/2 connection with nothing in flight stays
+        // open until the client closes it.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(http2_idle_timeout);
+        app.server_options = Some(options);
         let guarded = connections::Guarded::new(app, per_ip, header_timeout, limited, tls);
         let mut proxy = pingora::services::listening::Service::new("edge http".to_string(), guarded);
         // The HTTPS listeners too are plain TCP to Pingora: the handshake is

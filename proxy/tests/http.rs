@@ -667,6 +667,46 @@ async fn request_bodies_over_the_sites_limit_get_413_with_or_without_a_declared_
     }
 }
 
+/// An HTTP/2 connection with nothing in flight, a request header still
+/// arriving, is closed after `http2_idle_timeout_secs`; one busy with a
+/// slow answer is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
+    let w = World::start_with(|_| (), "http2_idle_timeout_secs = 1").await;
+    let d = w._dir.path();
+    // A client that sends the connection preface, its settings and the
+    // first part of a request header (a HEADERS frame with `:method GET`
+    // and no END_HEADERS), then nothing: openssl keeps reading until edge
+    // closes.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00\
+                    \x00\x00\x01\x01\x00\x00\x00\x00\x01\x82";
+    let started = Instant::now();
+    let mut client = std::process::Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-quiet", "-ign_eof", "-alpn", "h2"])
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{}", w.tls_port))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut client.stdin.take().unwrap(), preface).unwrap();
+    let out = client.wait_with_output().unwrap();
+    let took = started.elapsed();
+    // (openssl exits 1: edge closes without a TLS close_notify.)
+    assert_ne!(out.status.code(), Some(124), "openssl was still connected after 10 s");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "closed after {took:?}");
+    // edge's settings frame came first: the connection was HTTP/2.
+    assert!(out.stdout.get(3) == Some(&4), "{:?}", out.stdout);
+    // A 20 KiB answer the origin sends at 10 KiB/s: busy for about 2 s,
+    // longer than the idle timeout, and it arrives whole.
+    let ca = d.join("var/http/ca.pem");
+    let fmt = ["--http2", "-o", "/dev/null", "-w", "%{http_code} %{http_version} %{size_download} %{time_total}"];
+    let (code, out) = curl_https(&ca, "blog.test", w.tls_port, "/slow/slow.bin", &fmt);
+    let took: f64 = out.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(code == 0 && out.starts_with("200 2 20480 ") && took > 1.2, "{code}: {out}");
+}
+
 /// Session resumption: by ticket and by session ID on `tls_listen`, never
 /// on `tls_listen_no_resumption`; a handshake has a deadline, and failed
 /// ones are counted.

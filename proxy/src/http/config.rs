@@ -111,6 +111,10 @@ pub struct HttpConfig {
     /// else the connection is closed (slowloris). 0: off.
     #[serde(default = "default_header_timeout")]
     header_timeout_secs: u64,
+    /// An HTTP/2 connection with no request in flight for this long is
+    /// closed (HTTP/1.1 keepalive connections: Pingora's 60 s).
+    #[serde(default = "default_http2_idle_timeout")]
+    http2_idle_timeout_secs: u64,
     /// Open HTTP and HTTPS connections per client address, both listeners
     /// together; more are closed at once. 0: no limit.
     #[serde(default = "default_connections_per_ip")]
@@ -122,6 +126,9 @@ pub struct HttpConfig {
 
 fn default_header_timeout() -> u64 {
     10
+}
+fn default_http2_idle_timeout() -> u64 {
+    60
 }
 fn default_connections_per_ip() -> usize {
     256
@@ -219,6 +226,7 @@ pub struct Settings {
     pub metrics_sites: std::collections::HashSet<String>,
     pub shutdown_drain_secs: u64,
     pub header_timeout: Option<Duration>,
+    pub http2_idle_timeout: Duration,
     pub max_connections_per_ip: usize,
     pub acme: Option<super::acme::AcmeSettings>,
 }
@@ -316,6 +324,9 @@ impl HttpConfig {
         if self.header_timeout_secs > 3600 {
             return bad("header_timeout_secs", "must be 0 (off) to 3600");
         }
+        if !(1..=3_600).contains(&self.http2_idle_timeout_secs) {
+            return bad("http2_idle_timeout_secs", "must be 1 to 3600");
+        }
         if self.metrics_sites.len() > 1000 {
             return bad("metrics_sites", "at most 1000 sites get their own label");
         }
@@ -370,6 +381,7 @@ impl HttpConfig {
             metrics_sites,
             shutdown_drain_secs: self.shutdown_drain_secs,
             header_timeout: (self.header_timeout_secs > 0).then(|| Duration::from_secs(self.header_timeout_secs)),
+            http2_idle_timeout: Duration::from_secs(self.http2_idle_timeout_secs),
             max_connections_per_ip: self.max_connections_per_ip,
             acme,
         })
