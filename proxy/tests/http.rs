@@ -609,19 +609,21 @@ async fn http2_answers_on_one_connection_arrive_whole_at_once_and_one_by_one() {
     assert!(std::fs::read(d.join("nginx-b1/up/h2.bin")).unwrap() == sent, "the origin stored the upload whole");
 }
 
-/// Request bodies over the site's `max_body_bytes` get 413 and are never
-/// stored by the backend, whether their length is declared (refused before
+/// Request headers over the site's `max_header_bytes` get 431 and never
+/// reach the backend. Request bodies over its `max_body_bytes` get 413 and
+/// are never stored by the backend, whether their length is declared (refused before
 /// anything is proxied) or not (chunked HTTP/1.1, HTTP/2 without
 /// `Content-Length`: counted as they stream, cut off once past the limit).
 /// An HTTP/2 client still sending gets its 413: curl 7.88 dropped the
 /// answer when the stream's reset came in the same TLS record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_bodies_over_the_sites_limit_get_413_with_or_without_a_declared_length() {
+async fn requests_over_the_sites_header_and_body_limits_get_431_and_413() {
     let w = World::start().await;
     let d = w._dir.path();
     let p1 = w.origins[0].port;
     w.apply(json!([{"op": "put", "entity": {"kind": "site", "name": "blog", "hosts": ["blog.test"],
-        "backends": [{"backend": "b1", "port": p1}], "policy": {"limits": {"max_body_bytes": 100_000}}}}]))
+        "backends": [{"backend": "b1", "port": p1}],
+        "policy": {"limits": {"max_body_bytes": 100_000, "max_header_bytes": 2048}}}}]))
         .await;
     let ca = d.join("var/http/ca.pem").display().to_string();
     let resolve = [format!("blog.test:{}:127.0.0.1", w.port), format!("blog.test:{}:127.0.0.1", w.tls_port)];
@@ -630,6 +632,20 @@ async fn request_bodies_over_the_sites_limit_get_413_with_or_without_a_declared_
     std::fs::write(&file, &body).unwrap();
     let file = file.display().to_string();
     let stored = |name: &str| std::fs::read(d.join("nginx-b1/up").join(name)).ok();
+    // Headers: 1,500 bytes of one field pass, 2,500 do not.
+    let (small, big) = (format!("x-filler: {}", "a".repeat(1500)), format!("x-filler: {}", "a".repeat(2500)));
+    for (version, url) in [
+        ("--http1.1", format!("http://blog.test:{}/", w.port)),
+        ("--http2", format!("https://blog.test:{}/", w.tls_port)),
+    ] {
+        let before = w.origins[0].requests_settled();
+        for (header, want) in [(&big, "431"), (&small, "200")] {
+            let args = ["--cacert", &ca, "--resolve", &resolve[0], "--resolve", &resolve[1], version];
+            let args = [&args[..], &["-o", "/dev/null", "-w", "%{http_code}", "-H", header, &url]].concat();
+            assert_eq!(curl(&args), (0, want.to_string()), "{version}, {} bytes", header.len());
+        }
+        assert_eq!(w.origins[0].requests_settled(), before + 1, "only the smaller header reached the backend");
+    }
     let plain = format!("http://blog.test:{}/upload", w.port);
     let tls = format!("https://blog.test:{}/upload", w.tls_port);
     for (version, base, shown) in [("--http1.1", plain, "1.1"), ("--http2", tls, "2")] {

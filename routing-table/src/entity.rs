@@ -17,7 +17,8 @@ mod site;
 
 use site::dedup_backends;
 pub use site::{
-    CachePolicy, HostKey, Limits, Protection, Site, SiteBackend, SitePolicy, SiteSpec, TlsPolicy, MAX_SITE_NAMES,
+    CachePolicy, HostKey, Limits, Protection, Site, SiteBackend, SitePolicy, SiteSpec, TlsPolicy, MAX_HEADER_BYTES,
+    MAX_SITE_NAMES, MIN_HEADER_BYTES,
 };
 
 /// The kinds of entity, also the first half of an [`EntityKey`].
@@ -577,6 +578,14 @@ mod tests {
             .normalized()
             .unwrap_err();
         assert_eq!(e.field, "records[0].value");
+        let e = parse(
+            r#"{"kind":"site","name":"b","hosts":["a.org"],"backends":[{"backend":"m"}],
+                "policy":{"limits":{"max_header_bytes":100}}}"#,
+        )
+        .unwrap()
+        .normalized()
+        .unwrap_err();
+        assert_eq!(e.field, "policy.limits.max_header_bytes");
     }
 
     #[test]

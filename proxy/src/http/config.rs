@@ -67,6 +67,10 @@ pub struct HttpConfig {
     /// Request bodies larger than this get 413 (a site may set less).
     #[serde(default = "default_max_body")]
     max_body_bytes: u64,
+    /// Request headers larger than this (request line and header fields,
+    /// as HTTP/1.1 writes them) get 431 (a site may set its own).
+    #[serde(default = "default_max_header")]
+    max_header_bytes: u32,
     /// Memory for cached responses; 0 turns the cache off.
     #[serde(default = "default_cache_bytes")]
     cache_bytes: u64,
@@ -197,6 +201,10 @@ fn default_idle_timeout() -> u64 {
 fn default_max_body() -> u64 {
     64 * 1024 * 1024
 }
+/// nginx's default: four buffers of 8 KiB (`large_client_header_buffers`).
+fn default_max_header() -> u32 {
+    32 * 1024
+}
 
 /// `[http]` checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +226,7 @@ pub struct Settings {
     pub upstream_read_timeout: Duration,
     pub upstream_idle_timeout: Duration,
     pub max_body_bytes: u64,
+    pub max_header_bytes: u32,
     pub cache_bytes: usize,
     pub cache_max_object_bytes: usize,
     pub cache_lock_timeout: Duration,
@@ -284,6 +293,10 @@ impl HttpConfig {
         }
         if self.max_body_bytes == 0 {
             return bad("max_body_bytes", "must be more than 0");
+        }
+        use routing_table::entity::{MAX_HEADER_BYTES, MIN_HEADER_BYTES};
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
+            return bad("max_header_bytes", &format!("must be {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"));
         }
         if self.cache_bytes > 0 && !(1..=self.cache_bytes).contains(&self.cache_max_object_bytes) {
             return bad("cache_max_object_bytes", "must be 1 to cache_bytes");
@@ -365,6 +378,7 @@ impl HttpConfig {
             upstream_read_timeout: Duration::from_secs(self.upstream_read_timeout_secs),
             upstream_idle_timeout: Duration::from_secs(self.upstream_idle_timeout_secs),
             max_body_bytes: self.max_body_bytes,
+            max_header_bytes: self.max_header_bytes,
             cache_bytes: self.cache_bytes as usize,
             cache_max_object_bytes: self.cache_max_object_bytes as usize,
             cache_lock_timeout: Duration::from_millis(self.cache_lock_timeout_ms),

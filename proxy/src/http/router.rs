@@ -38,8 +38,10 @@ pub enum Page {
     /// The connection's certificate does not cover the request's host
     /// (HTTPS, RFC 9110 §15.5.20).
     Misdirected,
-    /// The declared request body is over the site's limit.
+    /// The request body is over the site's limit.
     TooLarge,
+    /// The request header is over the site's limit (RFC 6585 §5).
+    HeaderTooLarge,
     /// Over a per-client limit of the site.
     TooManyRequests,
 }
@@ -55,6 +57,7 @@ impl Page {
             Page::BadGateway => 502,
             Page::Misdirected => 421,
             Page::TooLarge => 413,
+            Page::HeaderTooLarge => 431,
             Page::TooManyRequests => 429,
         }
     }
@@ -83,6 +86,7 @@ impl Page {
                 "<!doctype html><title>421 Misdirected Request</title><h1>Misdirected request</h1><p>This connection is not for that site.</p>\n"
             }
             Page::TooLarge => "<!doctype html><title>413</title><h1>Request too large</h1>\n",
+            Page::HeaderTooLarge => "<!doctype html><title>431</title><h1>Request header too large</h1>\n",
             Page::TooManyRequests => {
                 "<!doctype html><title>429 Too Many Requests</title><h1>Too many requests</h1><p>Please slow down.</p>\n"
             }

@@ -103,6 +103,17 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// The size of a request header as HTTP/1.1 writes it: the request line,
+/// each field as `name: value` and its line end, and the blank line. An
+/// HTTP/2 request is measured the same way (its pseudo-header fields make
+/// the request line).
+fn header_bytes(req: &RequestHeader) -> usize {
+    let target =
+        req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + req.uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method.as_str().len() + target + " HTTP/1.1\r\n ".len();
+    req.headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>() + line + 2
+}
+
 /// Writes one of the edge's own answers (never stored by caches).
 async fn respond(
     session: &mut Session,
@@ -228,6 +239,10 @@ impl ProxyHttp for Proxy {
                 self.redirect(session, ctx, "redirect_https", status, url).await
             }
             Decision::Proxy(site) => {
+                let header_limit = site.policy.limits.max_header_bytes.unwrap_or(settings.max_header_bytes);
+                if header_bytes(req) > header_limit as usize {
+                    return self.page(session, ctx, Page::HeaderTooLarge).await;
+                }
                 let declared =
                     req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
                 let limit = site.policy.limits.max_body_bytes.unwrap_or(settings.max_body_bytes);
@@ -540,6 +555,21 @@ fn page_label(page: Page) -> &'static str {
         Page::BadGateway => "bad_gateway",
         Page::Misdirected => "misdirected",
         Page::TooLarge => "too_large",
+        Page::HeaderTooLarge => "header_too_large",
         Page::TooManyRequests => "limited",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_bytes_counts_what_http1_writes() {
+        let mut req = RequestHeader::build("GET", b"/a/b?c=d", None).unwrap();
+        req.insert_header("host", "blog.test").unwrap();
+        req.insert_header("x-filler", "abc").unwrap();
+        let wire = "GET /a/b?c=d HTTP/1.1\r\nhost: blog.test\r\nx-filler: abc\r\n\r\n";
+        assert_eq!(header_bytes(&req), wire.len());
     }
 }

@@ -93,6 +93,11 @@ fn yes() -> bool {
     true
 }
 
+/// The bounds of `max_header_bytes`: the HTTP proxy (Pingora) reads at
+/// most 1 MiB of request header.
+pub const MIN_HEADER_BYTES: u32 = 1024;
+pub const MAX_HEADER_BYTES: u32 = 1_048_575;
+
 /// Per-site limits; `None` means the listener's default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +108,8 @@ pub struct Limits {
     pub concurrent_per_ip: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<u32>,
 }
 
 /// The less-used settings of a site, kept behind one shared pointer so that
@@ -297,6 +304,14 @@ impl Site {
         if let Some(cert) = &policy.tls.cert {
             let cert = field("policy.tls.cert", name::ident(cert))?;
             Arc::make_mut(&mut policy).tls.cert = Some(cert);
+        }
+        if let Some(n) = policy.limits.max_header_bytes {
+            if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) {
+                return Err(FieldError::new(
+                    "policy.limits.max_header_bytes",
+                    format!("must be {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"),
+                ));
+            }
         }
         if is_default_policy(&policy) {
             policy = default_policy(); // share one allocation among all sites
