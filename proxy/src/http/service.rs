@@ -87,8 +87,9 @@ const HTML: &str = "text/html; charset=utf-8";
 const LINGER: Duration = Duration::from_secs(5);
 
 /// How long an HTTP/2 answer given before the request's body is all in
-/// (413, an early answer from the backend) goes ahead of the stream's
-/// reset. curl 7.88 drops an answer that arrives in one TLS record with
+/// (one of edge's pages: 413, 429, a 502 during an upload) goes ahead of
+/// the stream's reset. (When the backend answers early, Pingora reads the
+/// rest of the body first: no reset.) curl 7.88 drops an answer that arrives in one TLS record with
 /// the reset (exit 92, no status): the answer must be written first. The
 /// connection's task, which writes it, may run on another thread than the
 /// request's (Pingora spawns streams on any of the service's threads).
