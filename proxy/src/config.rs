@@ -435,6 +435,8 @@ mod tests {
             ("listen = [\"127.0.0.1:80\"]\nmax_body_bytes = 0", "http.max_body_bytes"),
             ("listen = [\"127.0.0.1:80\"]\nhttp2_idle_timeout_secs = 0", "http.http2_idle_timeout_secs"),
             ("listen = [\"127.0.0.1:80\"]\nmax_header_bytes = 100", "http.max_header_bytes"),
+            ("listen = [\"127.0.0.1:80\"]\nbody_timeout_secs = 0", "http.body_timeout_secs"),
+            ("listen = [\"127.0.0.1:80\"]\nbody_timeout_secs = 3601", "http.body_timeout_secs"),
             ("listen = [\"127.0.0.1:80\"]\ndefault_site = \"Not A Name!\"", "http.default_site"),
             (
                 "tls_listen = [\"127.0.0.1:443\"]\ntls_listen_no_resumption = [\"127.0.0.1:443\"]",

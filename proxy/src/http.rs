@@ -10,6 +10,7 @@ pub mod cache;
 pub mod certs;
 pub mod config;
 pub mod connections;
+pub mod h2_body_timeout;
 pub mod health;
 pub mod limits;
 pub mod metrics;
@@ -165,14 +166,14 @@ impl Http {
             limiter,
             acme: acme.clone(),
         });
-        let http2_idle_timeout = shared.settings.http2_idle_timeout;
+        let (http2_idle_timeout, body_timeout) = (shared.settings.http2_idle_timeout, shared.settings.body_timeout);
         let mut app = pingora::proxy::http_proxy(&server.configuration, service::Proxy { shared });
         // Without it, an HTTP/2 connection with nothing in flight stays
         // open until the client closes it.
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2_idle_timeout = Some(http2_idle_timeout);
         app.server_options = Some(options);
-        let guarded = connections::Guarded::new(app, per_ip, header_timeout, limited, tls);
+        let guarded = connections::Guarded::new(app, per_ip, header_timeout, body_timeout, limited, tls);
         let mut proxy = pingora::services::listening::Service::new("edge http".to_string(), guarded);
         // The HTTPS listeners too are plain TCP to Pingora: the handshake is
         // the edge's (`tls.rs`).

@@ -322,7 +322,20 @@ fn curl(args: &[&str]) -> (i32, String) {
 /// declared length: chunked on HTTP/1.1, no `Content-Length` on HTTP/2).
 fn curl_fed(args: &[&str], input: &[u8]) -> (i32, String) {
     use std::io::Write;
+    let input = input.to_vec();
+    // curl may stop reading its input (an early answer): ignore the error.
+    let (code, out, _) = curl_feeding(args, move |mut stdin| drop(stdin.write_all(&input)));
+    (code, out)
+}
+
+/// [`curl`] whose standard input `feed` writes, in its own thread, as it
+/// likes. Also returns how long curl ran.
+fn curl_feeding(
+    args: &[&str],
+    feed: impl FnOnce(std::process::ChildStdin) + Send + 'static,
+) -> (i32, String, Duration) {
     use std::process::{Command, Stdio};
+    let started = Instant::now();
     let mut child = Command::new("curl")
         .args(["-s", "--max-time", "10"])
         .args(args)
@@ -330,12 +343,12 @@ fn curl_fed(args: &[&str], input: &[u8]) -> (i32, String) {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (mut stdin, input) = (child.stdin.take().unwrap(), input.to_vec());
-    // curl may stop reading its input (an early answer): ignore the error.
-    let feeder = std::thread::spawn(move || drop(stdin.write_all(&input)));
+    let stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || feed(stdin));
     let out = child.wait_with_output().unwrap();
+    let took = started.elapsed();
     feeder.join().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), took)
 }
 
 /// `curl https://HOST:PORT/PATH` resolved to loopback and verified with
@@ -680,6 +693,114 @@ async fn requests_over_the_sites_header_and_body_limits_get_431_and_413() {
                 assert!(stored(&name).is_none(), "the backend stored {name}");
             }
         }
+    }
+}
+
+/// A request body that stops coming is cut off after `body_timeout_secs`
+/// (nginx's `client_body_timeout`): HTTP/1.1 gets a 408, an HTTP/2
+/// connection is closed though the client keeps sending `PING`s (Pingora
+/// does not time HTTP/2 body reads; edge watches the frames). A slow body
+/// that keeps coming is stored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_that_stop_coming_are_cut_off_and_slow_ones_are_not() {
+    use std::io::Write;
+    use tokio::net::TcpStream;
+    let w = World::start_with(|_| (), "body_timeout_secs = 1").await;
+    let d = w._dir.path();
+    let stored = |name: &str| std::fs::read(d.join("nginx-b1/up").join(name)).ok();
+    let late = || w.metric("edge_http_limited_total{limit=\"body_timeout\"}");
+
+    // HTTP/1.1: 100 of 1,000 bytes, then nothing.
+    let started = Instant::now();
+    let mut c = TcpStream::connect(("127.0.0.1", w.port)).await.unwrap();
+    let head = "PUT /upload/stalled-1.1.bin HTTP/1.1\r\nHost: blog.test\r\nContent-Length: 1000\r\n\r\n";
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&[7u8; 100]).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_response(&mut c)).await.expect("no answer in 5 s");
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(closed_silently(&mut c, Duration::from_secs(2)).await, "closed after the 408");
+
+    // HTTP/2 (openssl as the TLS client, the frames made here): the
+    // preface, SETTINGS and its ACK, a PUT's HEADERS (HPACK literals,
+    // END_HEADERS, no END_STREAM), 100 bytes of DATA; then a PING every
+    // 200 ms until edge closes.
+    let path = "/upload/stalled-2.bin";
+    let mut block = vec![0x42, 3];
+    block.extend(b"PUT");
+    block.push(0x87); // :scheme https
+    block.extend([0x44, path.len() as u8]);
+    block.extend(path.as_bytes());
+    block.extend([0x41, 9]);
+    block.extend(b"blog.test");
+    let frame = |kind: u8, flags: u8, stream: u8, payload: &[u8]| {
+        let mut f = vec![0, (payload.len() >> 8) as u8, payload.len() as u8, kind, flags, 0, 0, 0, stream];
+        f.extend(payload);
+        f
+    };
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(4, 0, 0, &[]));
+    hello.extend(frame(4, 1, 0, &[]));
+    hello.extend(frame(1, 4, 1, &block));
+    hello.extend(frame(0, 0, 1, &[7u8; 100]));
+    let ping = frame(6, 0, 0, &[0u8; 8]);
+    let before = late();
+    let started = Instant::now();
+    let mut client = std::process::Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-quiet", "-ign_eof", "-alpn", "h2", "-servername", "blog.test"])
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{}", w.tls_port))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        stdin.write_all(&hello).unwrap();
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(200));
+            if stdin.write_all(&ping).and_then(|_| stdin.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    let out = client.wait_with_output().unwrap();
+    let took = started.elapsed();
+    feeder.join().unwrap();
+    assert_ne!(out.status.code(), Some(124), "openssl was still connected after 10 s");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "closed after {took:?}");
+    // Edge's SETTINGS came first, and PING ACKs (type 6, flag 1) later:
+    // the connection was HTTP/2 and alive while the body stalled.
+    assert!(out.stdout.get(3) == Some(&4), "{:?}", out.stdout);
+    assert!(out.stdout.windows(5).any(|f| f[..2] == [0, 8] && f[2..] == [6, 1, 0][..]), "no PING ACK");
+    assert_eq!(late(), before + 1.0, "counted");
+    for name in ["stalled-1.1.bin", "stalled-2.bin"] {
+        assert!(stored(name).is_none(), "the backend stored {name}");
+    }
+
+    // 10 KB in 10 pieces 300 ms apart, 3 s in all, but never a second
+    // without data: stored whole, over both.
+    let ca = d.join("var/http/ca.pem").display().to_string();
+    let resolve = [format!("blog.test:{}:127.0.0.1", w.port), format!("blog.test:{}:127.0.0.1", w.tls_port)];
+    let plain = format!("http://blog.test:{}/upload", w.port);
+    let tls = format!("https://blog.test:{}/upload", w.tls_port);
+    for (version, base, shown) in [("--http1.1", plain, "1.1"), ("--http2", tls, "2")] {
+        let url = format!("{base}/slow-{shown}.bin");
+        let args = ["--cacert", &ca, "--resolve", &resolve[0], "--resolve", &resolve[1], version];
+        let args = [&args[..], &["-o", "/dev/null", "-w", "%{http_code} %{http_version}", "-T", "-", &url]].concat();
+        let (code, out, took) = curl_feeding(&args, |mut stdin| {
+            for i in 0..10u8 {
+                std::thread::sleep(Duration::from_millis(300));
+                stdin.write_all(&[i; 1000]).unwrap();
+                stdin.flush().unwrap();
+            }
+        });
+        assert_eq!((code, out.as_str()), (0, format!("201 {shown}").as_str()), "{version}, after {took:?}");
+        assert!(took > Duration::from_millis(2500), "{took:?}");
+        let want: Vec<u8> = (0..10u8).flat_map(|i| [i; 1000]).collect();
+        assert!(stored(&format!("slow-{shown}.bin")).is_some_and(|b| b == want), "{version}: stored whole");
     }
 }
 

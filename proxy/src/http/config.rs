@@ -119,6 +119,12 @@ pub struct HttpConfig {
     /// closed (HTTP/1.1 keepalive connections: Pingora's 60 s).
     #[serde(default = "default_http2_idle_timeout")]
     http2_idle_timeout_secs: u64,
+    /// A request body that sends nothing for this long is cut off
+    /// (nginx's `client_body_timeout`): HTTP/1.1 gets a 408 and the
+    /// connection is closed; an HTTP/2 connection with such a stream is
+    /// closed.
+    #[serde(default = "default_body_timeout")]
+    body_timeout_secs: u64,
     /// Open HTTP and HTTPS connections per client address, both listeners
     /// together; more are closed at once. 0: no limit.
     #[serde(default = "default_connections_per_ip")]
@@ -132,6 +138,9 @@ fn default_header_timeout() -> u64 {
     10
 }
 fn default_http2_idle_timeout() -> u64 {
+    60
+}
+fn default_body_timeout() -> u64 {
     60
 }
 fn default_connections_per_ip() -> usize {
@@ -236,6 +245,7 @@ pub struct Settings {
     pub shutdown_drain_secs: u64,
     pub header_timeout: Option<Duration>,
     pub http2_idle_timeout: Duration,
+    pub body_timeout: Duration,
     pub max_connections_per_ip: usize,
     pub acme: Option<super::acme::AcmeSettings>,
 }
@@ -340,6 +350,9 @@ impl HttpConfig {
         if !(1..=3_600).contains(&self.http2_idle_timeout_secs) {
             return bad("http2_idle_timeout_secs", "must be 1 to 3600");
         }
+        if !(1..=3_600).contains(&self.body_timeout_secs) {
+            return bad("body_timeout_secs", "must be 1 to 3600");
+        }
         if self.metrics_sites.len() > 1000 {
             return bad("metrics_sites", "at most 1000 sites get their own label");
         }
@@ -396,6 +409,7 @@ impl HttpConfig {
             shutdown_drain_secs: self.shutdown_drain_secs,
             header_timeout: (self.header_timeout_secs > 0).then(|| Duration::from_secs(self.header_timeout_secs)),
             http2_idle_timeout: Duration::from_secs(self.http2_idle_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
             max_connections_per_ip: self.max_connections_per_ip,
             acme,
         })

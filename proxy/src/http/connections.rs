@@ -16,6 +16,8 @@
 //!   each later keepalive request. The header is over at its blank line;
 //!   bodies, upgraded connections and HTTP/2 after its preface are not
 //!   timed here. A late header closes the connection;
+//! - gives HTTP/2 request bodies a read timeout (`body_timeout_secs`,
+//!   [`super::h2_body_timeout`]; Pingora times HTTP/1.1 body reads);
 //! - on shutdown (and on the upgrade's hand-off), holds back Pingora's
 //!   cleanup, which closes every connection waiting for a request, until
 //!   the HTTP/1 connections still waiting for their *first* request have
@@ -45,8 +47,11 @@ pub struct Guarded<A> {
     inner: Arc<A>,
     limits: Option<crate::limits::Limits>,
     header_timeout: Option<Duration>,
+    body_timeout: Duration,
     /// `edge_http_limited_total`: `connections`, `header_timeout`.
     limited: IntCounterVec,
+    /// `edge_http_limited_total{limit="body_timeout"}`.
+    body_late: prometheus::IntCounter,
     /// HTTP/1 connections waiting for their first request: until its
     /// header is read (without a header deadline: until it is done).
     fresh: Arc<Fresh>,
@@ -64,11 +69,22 @@ impl<A> Guarded<A> {
         inner: A,
         max_per_ip: usize,
         header_timeout: Option<Duration>,
+        body_timeout: Duration,
         limited: IntCounterVec,
         tls: Option<super::tls::Tls>,
     ) -> Self {
         let limits = (max_per_ip > 0).then(|| crate::limits::Limits::new(max_per_ip, u32::MAX));
-        Guarded { inner: Arc::new(inner), limits, header_timeout, limited, fresh: Arc::default(), tls }
+        let body_late = limited.with_label_values(&["body_timeout"]);
+        Guarded {
+            inner: Arc::new(inner),
+            limits,
+            header_timeout,
+            body_timeout,
+            limited,
+            body_late,
+            fresh: Arc::default(),
+            tls,
+        }
     }
 }
 
@@ -145,6 +161,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // waiting for a first request the way HTTP/1 ones are.
         let h2 = matches!(stream.selected_alpn_proto(), Some(pingora::protocols::ALPN::H2));
         let mut first = (!h2).then(|| self.fresh.enter());
+        let stream: Stream = if h2 {
+            Box::new(super::h2_body_timeout::BodyTimed::new(stream, self.body_timeout, self.body_late.clone()))
+        } else {
+            stream
+        };
         let (mut stream, rearm): (Stream, _) = match self.header_timeout {
             Some(timeout) => {
                 let mut timed = HeaderTimed::new(stream, timeout, self.limited.with_label_values(&["header_timeout"]));

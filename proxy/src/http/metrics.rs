@@ -97,7 +97,7 @@ impl HttpMetrics {
             limited: IntCounterVec::new(
                 Opts::new(
                     "edge_http_limited_total",
-                    "Requests refused by a limit: rate, concurrency (429), backend (under attack, 503 or stale); connections closed: connections (per client address), header_timeout.",
+                    "Requests refused by a limit: rate, concurrency (429), backend (under attack, 503 or stale); connections closed: connections (per client address), header_timeout, body_timeout (HTTP/2; HTTP/1.1 body timeouts are 408s).",
                 ),
                 &["limit"],
             )?,
@@ -110,7 +110,7 @@ impl HttpMetrics {
                 "TLS handshakes on the HTTPS listeners that failed or did not end in time.",
             )?,
         };
-        for limit in ["rate", "concurrency", "backend", "connections", "header_timeout"] {
+        for limit in ["rate", "concurrency", "backend", "connections", "header_timeout", "body_timeout"] {
             m.limited.with_label_values(&[limit]);
         }
         for kind in ["connect", "proxy"] {

@@ -203,6 +203,9 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let settings = &self.shared.settings;
+        // Each read of an HTTP/1.1 request body (Pingora's default: 60 s);
+        // HTTP/2 bodies are timed by `h2_body_timeout`.
+        session.set_read_timeout(Some(settings.body_timeout));
         let req = session.req_header();
         let host = request_host(req);
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -496,6 +499,11 @@ impl ProxyHttp for Proxy {
                     *code
                 }
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+                // The body stopped coming (`body_timeout_secs`), as nginx.
+                ErrorType::ReadTimedout => {
+                    let _ = session.respond_error(408).await;
+                    408
+                }
                 _ => {
                     let _ = session.respond_error(400).await;
                     400
