@@ -10,7 +10,7 @@ pub mod cache;
 pub mod certs;
 pub mod config;
 pub mod connections;
-pub mod h2_body_timeout;
+pub mod h2_timeouts;
 pub mod health;
 pub mod limits;
 pub mod metrics;

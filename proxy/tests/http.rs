@@ -696,16 +696,91 @@ async fn requests_over_the_sites_header_and_body_limits_get_431_and_413() {
     }
 }
 
+/// An HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, stream];
+    f.extend(payload);
+    f
+}
+
+/// A request's `HEADERS` frame for `blog.test` over https, its fields as
+/// HPACK literals, with `flags` (4: `END_HEADERS`, 1: `END_STREAM`).
+fn h2_request(stream: u8, method: &str, path: &str, flags: u8) -> Vec<u8> {
+    let mut block = vec![0x42, method.len() as u8];
+    block.extend(method.as_bytes());
+    block.push(0x87); // :scheme https
+    block.extend([0x44, path.len() as u8]);
+    block.extend(path.as_bytes());
+    block.extend([0x41, 9]);
+    block.extend(b"blog.test");
+    h2_frame(1, flags, stream, &block)
+}
+
+/// Speaks HTTP/2 to edge's HTTPS port through `openssl s_client`: the
+/// preface, SETTINGS and its ACK, `frames`, then, with `pings`, a PING
+/// every 200 ms, until edge closes the connection (10 s at most). Returns
+/// openssl's output (edge's frames) and how long the connection lasted.
+fn h2_frames_then(port: u16, frames: Vec<u8>, pings: bool) -> (std::process::Output, Duration) {
+    use std::io::Write;
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    hello.extend(h2_frame(4, 1, 0, &[]));
+    hello.extend(frames);
+    let ping = h2_frame(6, 0, 0, &[0u8; 8]);
+    let started = Instant::now();
+    let mut client = std::process::Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-quiet", "-ign_eof", "-alpn", "h2", "-servername", "blog.test"])
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        stdin.write_all(&hello).unwrap();
+        // openssl stays connected once its input ends (`-ign_eof`).
+        for _ in 0..if pings { 50 } else { 0 } {
+            std::thread::sleep(Duration::from_millis(200));
+            if stdin.write_all(&ping).and_then(|_| stdin.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    let out = client.wait_with_output().unwrap();
+    let took = started.elapsed();
+    feeder.join().unwrap();
+    assert_ne!(out.status.code(), Some(124), "openssl was still connected after 10 s");
+    // Edge's SETTINGS came first: the connection was HTTP/2.
+    assert!(out.stdout.get(3) == Some(&4), "{:?}", out.stdout);
+    (out, took)
+}
+
+/// The (type, flags, stream) of each whole frame in `bytes`.
+fn h2_frames_from(mut bytes: &[u8]) -> Vec<(u8, u8, u32)> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 9 {
+        let len = (usize::from(bytes[0]) << 16) | (usize::from(bytes[1]) << 8) | usize::from(bytes[2]);
+        let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
+        frames.push((bytes[3], bytes[4], stream));
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    frames
+}
+
 /// A request body that stops coming is cut off after `body_timeout_secs`
 /// (nginx's `client_body_timeout`): HTTP/1.1 gets a 408, an HTTP/2
 /// connection is closed though the client keeps sending `PING`s (Pingora
-/// does not time HTTP/2 body reads; edge watches the frames). A slow body
-/// that keeps coming is stored whole.
+/// does not time HTTP/2 body reads; edge watches the frames). So is an
+/// HTTP/2 connection whose next request header never ends, though another
+/// stream keeps it busy. A slow body that keeps coming is stored whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_bodies_that_stop_coming_are_cut_off_and_slow_ones_are_not() {
+async fn request_headers_and_bodies_that_stop_coming_are_cut_off_and_slow_ones_are_not() {
     use std::io::Write;
     use tokio::net::TcpStream;
-    let w = World::start_with(|_| (), "body_timeout_secs = 1").await;
+    let w = World::start_with(|_| (), "body_timeout_secs = 1\nheader_timeout_secs = 1").await;
     let d = w._dir.path();
     let stored = |name: &str| std::fs::read(d.join("nginx-b1/up").join(name)).ok();
     let late = || w.metric("edge_http_limited_total{limit=\"body_timeout\"}");
@@ -722,60 +797,27 @@ async fn request_bodies_that_stop_coming_are_cut_off_and_slow_ones_are_not() {
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(closed_silently(&mut c, Duration::from_secs(2)).await, "closed after the 408");
 
-    // HTTP/2 (openssl as the TLS client, the frames made here): the
-    // preface, SETTINGS and its ACK, a PUT's HEADERS (HPACK literals,
-    // END_HEADERS, no END_STREAM), 100 bytes of DATA; then a PING every
-    // 200 ms until edge closes.
-    let path = "/upload/stalled-2.bin";
-    let mut block = vec![0x42, 3];
-    block.extend(b"PUT");
-    block.push(0x87); // :scheme https
-    block.extend([0x44, path.len() as u8]);
-    block.extend(path.as_bytes());
-    block.extend([0x41, 9]);
-    block.extend(b"blog.test");
-    let frame = |kind: u8, flags: u8, stream: u8, payload: &[u8]| {
-        let mut f = vec![0, (payload.len() >> 8) as u8, payload.len() as u8, kind, flags, 0, 0, 0, stream];
-        f.extend(payload);
-        f
-    };
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(frame(4, 0, 0, &[]));
-    hello.extend(frame(4, 1, 0, &[]));
-    hello.extend(frame(1, 4, 1, &block));
-    hello.extend(frame(0, 0, 1, &[7u8; 100]));
-    let ping = frame(6, 0, 0, &[0u8; 8]);
+    // HTTP/2: 100 bytes of a PUT's body, then nothing but PINGs.
+    let mut frames = h2_request(1, "PUT", "/upload/stalled-2.bin", 4);
+    frames.extend(h2_frame(0, 0, 1, &[7u8; 100]));
     let before = late();
-    let started = Instant::now();
-    let mut client = std::process::Command::new("timeout")
-        .args(["10", "openssl", "s_client", "-quiet", "-ign_eof", "-alpn", "h2", "-servername", "blog.test"])
-        .arg("-connect")
-        .arg(format!("127.0.0.1:{}", w.tls_port))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = client.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || {
-        stdin.write_all(&hello).unwrap();
-        for _ in 0..50 {
-            std::thread::sleep(Duration::from_millis(200));
-            if stdin.write_all(&ping).and_then(|_| stdin.flush()).is_err() {
-                break;
-            }
-        }
-    });
-    let out = client.wait_with_output().unwrap();
-    let took = started.elapsed();
-    feeder.join().unwrap();
-    assert_ne!(out.status.code(), Some(124), "openssl was still connected after 10 s");
+    let (out, took) = h2_frames_then(w.tls_port, frames, true);
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "closed after {took:?}");
-    // Edge's SETTINGS came first, and PING ACKs (type 6, flag 1) later:
-    // the connection was HTTP/2 and alive while the body stalled.
-    assert!(out.stdout.get(3) == Some(&4), "{:?}", out.stdout);
-    assert!(out.stdout.windows(5).any(|f| f[..2] == [0, 8] && f[2..] == [6, 1, 0][..]), "no PING ACK");
     assert_eq!(late(), before + 1.0, "counted");
+    assert!(h2_frames_from(&out.stdout).iter().any(|&(kind, flags, _)| (kind, flags) == (6, 1)), "PINGs answered");
+
+    // HTTP/2: a download that takes 30 s keeps the connection busy (no
+    // idle timeout), and the next request's header never ends (nothing
+    // else may come before its CONTINUATION: no PINGs).
+    let late_headers = || w.metric("edge_http_limited_total{limit=\"header_timeout\"}");
+    let mut frames = h2_request(1, "GET", "/slow/big.bin", 5);
+    frames.extend(h2_frame(1, 1, 3, &[0x82]));
+    let before = late_headers();
+    let (out, took) = h2_frames_then(w.tls_port, frames, false);
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "closed after {took:?}");
+    assert_eq!(late_headers(), before + 1.0, "counted");
+    let got = h2_frames_from(&out.stdout);
+    assert!(got.iter().any(|&(kind, _, stream)| (kind, stream) == (0, 1)), "the download had begun: {got:?}");
     for name in ["stalled-1.1.bin", "stalled-2.bin"] {
         assert!(stored(name).is_none(), "the backend stored {name}");
     }

@@ -111,7 +111,8 @@ pub struct HttpConfig {
     #[serde(default = "default_drain")]
     shutdown_drain_secs: u64,
     /// A request header must arrive whole within this, counted from the
-    /// connection (or, between keepalive requests, from its first byte);
+    /// connection (or, between keepalive requests, from its first byte;
+    /// on HTTP/2, each header block from the first wait for its rest);
     /// else the connection is closed (slowloris). 0: off.
     #[serde(default = "default_header_timeout")]
     header_timeout_secs: u64,

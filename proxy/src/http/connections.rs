@@ -16,8 +16,10 @@
 //!   each later keepalive request. The header is over at its blank line;
 //!   bodies, upgraded connections and HTTP/2 after its preface are not
 //!   timed here. A late header closes the connection;
-//! - gives HTTP/2 request bodies a read timeout (`body_timeout_secs`,
-//!   [`super::h2_body_timeout`]; Pingora times HTTP/1.1 body reads);
+//! - gives HTTP/2 request headers the same deadline after the connection
+//!   preface, and HTTP/2 request bodies a read timeout
+//!   (`body_timeout_secs`): [`super::h2_timeouts`]. Pingora times HTTP/1.1
+//!   body reads itself;
 //! - on shutdown (and on the upgrade's hand-off), holds back Pingora's
 //!   cleanup, which closes every connection waiting for a request, until
 //!   the HTTP/1 connections still waiting for their *first* request have
@@ -50,7 +52,9 @@ pub struct Guarded<A> {
     body_timeout: Duration,
     /// `edge_http_limited_total`: `connections`, `header_timeout`.
     limited: IntCounterVec,
-    /// `edge_http_limited_total{limit="body_timeout"}`.
+    /// `edge_http_limited_total{limit="header_timeout"}` and
+    /// `{limit="body_timeout"}`.
+    header_late: prometheus::IntCounter,
     body_late: prometheus::IntCounter,
     /// HTTP/1 connections waiting for their first request: until its
     /// header is read (without a header deadline: until it is done).
@@ -74,6 +78,7 @@ impl<A> Guarded<A> {
         tls: Option<super::tls::Tls>,
     ) -> Self {
         let limits = (max_per_ip > 0).then(|| crate::limits::Limits::new(max_per_ip, u32::MAX));
+        let header_late = limited.with_label_values(&["header_timeout"]);
         let body_late = limited.with_label_values(&["body_timeout"]);
         Guarded {
             inner: Arc::new(inner),
@@ -81,6 +86,7 @@ impl<A> Guarded<A> {
             header_timeout,
             body_timeout,
             limited,
+            header_late,
             body_late,
             fresh: Arc::default(),
             tls,
@@ -162,13 +168,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let h2 = matches!(stream.selected_alpn_proto(), Some(pingora::protocols::ALPN::H2));
         let mut first = (!h2).then(|| self.fresh.enter());
         let stream: Stream = if h2 {
-            Box::new(super::h2_body_timeout::BodyTimed::new(stream, self.body_timeout, self.body_late.clone()))
+            let late = super::h2_timeouts::Late { header: self.header_late.clone(), body: self.body_late.clone() };
+            Box::new(super::h2_timeouts::H2Timed::new(stream, self.header_timeout, self.body_timeout, late))
         } else {
             stream
         };
         let (mut stream, rearm): (Stream, _) = match self.header_timeout {
             Some(timeout) => {
-                let mut timed = HeaderTimed::new(stream, timeout, self.limited.with_label_values(&["header_timeout"]));
+                let mut timed = HeaderTimed::new(stream, timeout, self.header_late.clone());
                 // Counted until the first header's blank line, not for the
                 // whole first request (which may be a long download or an
                 // upgraded connection).

@@ -204,7 +204,7 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let settings = &self.shared.settings;
         // Each read of an HTTP/1.1 request body (Pingora's default: 60 s);
-        // HTTP/2 bodies are timed by `h2_body_timeout`.
+        // HTTP/2 bodies are timed by `h2_timeouts`.
         session.set_read_timeout(Some(settings.body_timeout));
         let req = session.req_header();
         let host = request_host(req);

@@ -1,28 +1,33 @@
-//! A read timeout for HTTP/2 request bodies: nginx's `client_body_timeout`
-//! (`body_timeout_secs`). Pingora 0.9 times HTTP/1.1 body reads, but not
-//! HTTP/2 ones: a stream whose body stalls kept its task and its backend
-//! connection until the client ended it.
+//! Deadlines on HTTP/2 request headers and bodies. Pingora 0.9 times
+//! neither on HTTP/2: a header left unfinished or a body that stalled kept
+//! its stream (and a body its backend connection) for as long as the
+//! connection lived, while any other stream kept it from the idle timeout.
 //!
-//! [`BodyTimed`] sits on an HTTP/2 connection's decrypted stream and reads
+//! `H2Timed` sits on an HTTP/2 connection's decrypted stream and reads
 //! the frames going by (their 9-byte headers; payloads are skipped, not
 //! parsed), both ways:
 //!
-//! - a request `HEADERS` frame without `END_STREAM` opens a body, timed
-//!   from then;
-//! - payload bytes of a `DATA` frame on that stream restart its clock;
-//!   `END_STREAM` (on `DATA` or on trailers) ends it;
-//! - `RST_STREAM` from either side ends it: the client gave up, or edge
-//!   no longer reads it (an early answer, a refused stream).
+//! - **headers** (`header_timeout_secs`, as for HTTP/1.1): a client's
+//!   `HEADERS` frame starts a header block; it must be whole, up to the end
+//!   of the frame with `END_HEADERS` (itself or a `CONTINUATION`), within
+//!   the deadline, counted from the first read that has to wait for it;
+//! - **bodies** (`body_timeout_secs`, nginx's `client_body_timeout`): a
+//!   request `HEADERS` frame without `END_STREAM` opens a body, timed from
+//!   the end of its header block; payload bytes of a `DATA` frame on that stream restart its
+//!   clock; `END_STREAM` (on `DATA` or on trailers) ends it; `RST_STREAM`
+//!   from either side ends it: the client gave up, or edge no longer reads
+//!   it (an early answer, a refused stream).
 //!
 //! Other frames (`PING`, `WINDOW_UPDATE`, other streams' `DATA`) do not
-//! restart a stream's clock. When a body has had no data for the timeout,
-//! the read fails with `TimedOut` and Pingora closes the connection, the
-//! other streams on it included (HAProxy's `timeout client` also acts on
-//! the connection). A stream that cannot send because edge is not reading
-//! its body (the backend does not take it) stalls the same way.
+//! restart a clock. When a header or a body runs out of time, the read
+//! fails with `TimedOut` and Pingora closes the connection, the other
+//! streams on it included (HAProxy's `timeout client` also acts on the
+//! connection). A stream that cannot send because edge is not reading its
+//! body (the backend does not take it) stalls the same way.
 //!
-//! A connection with no body open pays one scan of the frame headers per
-//! read and write, and no clock or timer.
+//! A connection whose headers come whole in their reads and that has no
+//! body open pays one scan of the frame headers per read and write, and no
+//! clock or timer.
 
 use std::future::Future;
 use std::io;
@@ -43,7 +48,9 @@ const PREFACE_LEN: usize = 24;
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
+const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
 /// Bodies tracked at once. Pingora allows 100 concurrent streams; a
 /// client's streams past that are refused (and reset) by the h2 crate.
 const MAX_OPEN: usize = 1024;
@@ -57,12 +64,15 @@ struct Frame {
 }
 
 /// What went by in one run of bytes.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
     /// A frame's header, complete.
     Header(Frame),
     /// Payload bytes of a `DATA` frame on this stream.
     Data(u32),
+    /// The last byte of a frame's payload (right after its header when it
+    /// has none).
+    End(Frame),
 }
 
 /// Finds the frame headers in one direction's bytes, across reads.
@@ -73,7 +83,8 @@ struct FrameScan {
     /// A frame header read in part.
     header: [u8; 9],
     have: usize,
-    /// Payload bytes of the current frame still to come.
+    /// The frame whose payload is coming, and how much of it is to come.
+    current: Option<Frame>,
     payload_left: usize,
     /// The stream of the current frame's payload, if it is `DATA`.
     data_stream: Option<u32>,
@@ -99,6 +110,11 @@ impl FrameScan {
                 if let Some(stream) = self.data_stream {
                     event(Event::Data(stream));
                 }
+                if self.payload_left == 0 {
+                    if let Some(frame) = self.current.take() {
+                        event(Event::End(frame));
+                    }
+                }
             } else {
                 let n = (9 - self.have).min(bytes.len());
                 self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
@@ -113,6 +129,11 @@ impl FrameScan {
                     self.payload_left = len;
                     self.data_stream = (frame.kind == DATA).then_some(stream);
                     event(Event::Header(frame));
+                    if len == 0 {
+                        event(Event::End(frame));
+                    } else {
+                        self.current = Some(frame);
+                    }
                 }
             }
         }
@@ -122,16 +143,21 @@ impl FrameScan {
 /// The request bodies still coming on a connection, each with the time
 /// its last data came.
 #[derive(Debug, Default)]
-struct OpenBodies(Vec<(u32, Instant)>);
+struct OpenBodies {
+    open: Vec<(u32, Instant)>,
+    /// A request whose header block has no `END_STREAM` and has not ended
+    /// yet: its body is timed from the block's end.
+    next: Option<u32>,
+}
 
 impl OpenBodies {
     fn find(&self, stream: u32) -> Option<usize> {
-        self.0.iter().position(|(s, _)| *s == stream)
+        self.open.iter().position(|(s, _)| *s == stream)
     }
 
     fn end(&mut self, stream: u32) {
         if let Some(i) = self.find(stream) {
-            self.0.swap_remove(i);
+            self.open.swap_remove(i);
         }
     }
 
@@ -141,28 +167,34 @@ impl OpenBodies {
             Event::Header(Frame { kind: HEADERS, flags, stream }) => match self.find(stream) {
                 // Trailers end the body.
                 Some(i) if flags & END_STREAM != 0 => {
-                    self.0.swap_remove(i);
+                    self.open.swap_remove(i);
                 }
                 Some(_) => {}
-                None if flags & END_STREAM == 0 && stream != 0 && self.0.len() < MAX_OPEN => {
-                    self.0.push((stream, now()));
-                }
+                None if flags & END_STREAM == 0 && stream != 0 => self.next = Some(stream),
                 None => {}
             },
+            Event::End(Frame { kind: HEADERS | CONTINUATION, flags, .. }) if flags & END_HEADERS != 0 => {
+                if let Some(stream) = self.next.take().filter(|_| self.open.len() < MAX_OPEN) {
+                    self.open.push((stream, now()));
+                }
+            }
             Event::Header(Frame { kind: DATA, flags, stream }) => {
                 if let Some(i) = self.find(stream) {
                     if flags & END_STREAM != 0 {
-                        self.0.swap_remove(i);
+                        self.open.swap_remove(i);
                     } else {
-                        self.0[i].1 = now();
+                        self.open[i].1 = now();
                     }
                 }
             }
-            Event::Header(Frame { kind: RST_STREAM, stream, .. }) => self.end(stream),
-            Event::Header(_) => {}
+            Event::Header(Frame { kind: RST_STREAM, stream, .. }) => {
+                self.end(stream);
+                self.next = self.next.filter(|s| *s != stream);
+            }
+            Event::Header(_) | Event::End(_) => {}
             Event::Data(stream) => {
                 if let Some(i) = self.find(stream) {
-                    self.0[i].1 = now();
+                    self.open[i].1 = now();
                 }
             }
         }
@@ -177,36 +209,72 @@ impl OpenBodies {
 
     /// When the body that has waited longest runs out of time.
     fn deadline(&self, timeout: Duration) -> Option<Instant> {
-        self.0.iter().map(|(_, last)| *last).min().map(|last| last + timeout)
+        self.open.iter().map(|(_, last)| *last).min().map(|last| last + timeout)
     }
 }
 
-/// An HTTP/2 client connection whose request bodies must keep coming.
-pub(super) struct BodyTimed {
+/// Where a client's header block stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderBlock {
+    /// None is coming.
+    Done,
+    /// Started; `Some` once a read had to wait for the rest, with the
+    /// time of that first wait.
+    Coming(Option<Instant>),
+}
+
+impl HeaderBlock {
+    fn saw(&mut self, event: Event) {
+        match event {
+            Event::Header(Frame { kind: HEADERS, .. }) => *self = HeaderBlock::Coming(None),
+            Event::End(Frame { kind: HEADERS | CONTINUATION, flags, .. }) if flags & END_HEADERS != 0 => {
+                *self = HeaderBlock::Done
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An HTTP/2 client connection whose request headers must come whole and
+/// whose request bodies must keep coming.
+pub(super) struct H2Timed {
     inner: Stream,
-    timeout: Duration,
+    header_timeout: Option<Duration>,
+    body_timeout: Duration,
     read: FrameScan,
     written: FrameScan,
+    header: HeaderBlock,
     open: OpenBodies,
     sleep: Option<Pin<Box<Sleep>>>,
     expired: bool,
+    /// `edge_http_limited_total{limit="header_timeout"}`.
+    header_late: prometheus::IntCounter,
     /// `edge_http_limited_total{limit="body_timeout"}`.
-    late: prometheus::IntCounter,
+    body_late: prometheus::IntCounter,
 }
 
-impl BodyTimed {
+/// What [`H2Timed`] counts its late ones in.
+pub(super) struct Late {
+    pub header: prometheus::IntCounter,
+    pub body: prometheus::IntCounter,
+}
+
+impl H2Timed {
     /// `inner`: the connection after its TLS handshake chose `h2`, before
-    /// the client preface was read.
-    pub(super) fn new(inner: Stream, timeout: Duration, late: prometheus::IntCounter) -> Self {
-        BodyTimed {
+    /// the client preface was read. `header_timeout`: `None` is off.
+    pub(super) fn new(inner: Stream, header_timeout: Option<Duration>, body_timeout: Duration, late: Late) -> Self {
+        H2Timed {
             inner,
-            timeout,
+            header_timeout,
+            body_timeout,
             read: FrameScan::new(PREFACE_LEN),
             written: FrameScan::new(0),
+            header: HeaderBlock::Done,
             open: OpenBodies::default(),
             sleep: None,
             expired: false,
-            late,
+            header_late: late.header,
+            body_late: late.body,
         }
     }
 
@@ -223,46 +291,69 @@ impl BodyTimed {
         }
     }
 
-    fn timed_out(&mut self) -> io::Error {
+    /// The header block's deadline, its clock started by this wait if it
+    /// was not yet.
+    fn header_deadline(&mut self) -> Option<Instant> {
+        let timeout = self.header_timeout?;
+        match &mut self.header {
+            HeaderBlock::Done => None,
+            HeaderBlock::Coming(since) => Some(*since.get_or_insert_with(Instant::now) + timeout),
+        }
+    }
+
+    fn timed_out(&mut self, header: bool) -> io::Error {
         self.expired = true;
-        self.late.inc();
-        tracing::debug!("http2: a request body sent nothing for {:?}; connection closed", self.timeout);
-        io::Error::new(io::ErrorKind::TimedOut, format!("request body: no data for {:?}", self.timeout))
+        let (what, timeout) = if header {
+            self.header_late.inc();
+            ("request header: not whole", self.header_timeout.unwrap_or_default())
+        } else {
+            self.body_late.inc();
+            ("request body: no data", self.body_timeout)
+        };
+        tracing::debug!("http2: {what} within {timeout:?}; connection closed");
+        io::Error::new(io::ErrorKind::TimedOut, format!("{what} within {timeout:?}"))
     }
 }
 
-impl std::fmt::Debug for BodyTimed {
+impl std::fmt::Debug for H2Timed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BodyTimed").field("inner", &self.inner).field("open", &self.open).finish_non_exhaustive()
+        f.debug_struct("H2Timed").field("inner", &self.inner).field("open", &self.open).finish_non_exhaustive()
     }
 }
 
-impl AsyncRead for BodyTimed {
+impl AsyncRead for H2Timed {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.expired {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request body timed out")));
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request header or body timed out")));
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let (open, read) = (&mut this.open, &mut this.read);
+                let (open, read, header) = (&mut this.open, &mut this.read, &mut this.header);
                 let mut now = None;
                 let mut clock = || *now.get_or_insert_with(Instant::now);
-                read.scan(&buf.filled()[before..], |e| open.client(e, &mut clock));
+                read.scan(&buf.filled()[before..], |e| {
+                    header.saw(e);
+                    open.client(e, &mut clock)
+                });
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let Some(deadline) = this.open.deadline(this.timeout) else {
-                    return Poll::Pending;
+                let header = this.header_deadline();
+                let body = this.open.deadline(this.body_timeout);
+                let deadline = match (header, body) {
+                    (Some(h), Some(b)) => h.min(b),
+                    (Some(d), None) | (None, Some(d)) => d,
+                    (None, None) => return Poll::Pending,
                 };
                 let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if sleep.deadline() != deadline {
                     sleep.as_mut().reset(deadline);
                 }
                 match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(this.timed_out())),
+                    Poll::Ready(()) => Poll::Ready(Err(this.timed_out(header == Some(deadline)))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -270,7 +361,7 @@ impl AsyncRead for BodyTimed {
     }
 }
 
-impl AsyncWrite for BodyTimed {
+impl AsyncWrite for H2Timed {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
@@ -301,13 +392,13 @@ impl AsyncWrite for BodyTimed {
 }
 
 #[async_trait]
-impl Shutdown for BodyTimed {
+impl Shutdown for H2Timed {
     async fn shutdown(&mut self) {
         self.inner.shutdown().await
     }
 }
 
-delegate_stream_traits!(BodyTimed);
+delegate_stream_traits!(H2Timed);
 
 #[cfg(test)]
 mod tests {
@@ -353,56 +444,76 @@ mod tests {
                 Frame { kind: DATA, flags: END_STREAM, stream: 1 },
             ]
         );
-        assert_eq!(seen.last(), Some(&Event::Data(1)), "the DATA payload");
+        let ends: Vec<Frame> =
+            seen.iter().filter_map(|e| if let Event::End(f) = e { Some(*f) } else { None }).collect();
+        assert_eq!(ends, headers, "each frame's end, after its payload");
+        let n = seen.len();
+        assert_eq!(seen[n - 2..], [Event::Data(1), Event::End(headers[2])], "the DATA payload, then its end");
         assert!(!seen.iter().any(|e| matches!(e, Event::Data(s) if *s != 1)));
         // The high bit of the stream field is reserved, not the stream's.
         let mut f = frame(DATA, 0, 3, 0);
         f[5] |= 0x80;
-        assert_eq!(events(&mut FrameScan::new(0), &f), vec![Event::Header(Frame { kind: DATA, flags: 0, stream: 3 })]);
+        let empty = Frame { kind: DATA, flags: 0, stream: 3 };
+        assert_eq!(events(&mut FrameScan::new(0), &f), vec![Event::Header(empty), Event::End(empty)]);
     }
 
     #[test]
-    fn a_body_is_open_from_its_headers_until_its_end_or_a_reset() {
+    fn a_body_is_open_from_its_header_blocks_end_until_its_end_or_a_reset() {
         let t0 = Instant::now();
         let mut open = OpenBodies::default();
         let mut clock = || t0;
         let h = |kind, flags, stream| Event::Header(Frame { kind, flags, stream });
-        open.client(h(HEADERS, END_STREAM, 1), &mut clock);
-        assert!(open.0.is_empty(), "a GET has no body");
+        // A frame with no payload: its header, then its end.
+        let whole = |open: &mut OpenBodies, kind, flags, stream, clock: &mut dyn FnMut() -> Instant| {
+            let mut clock = || clock();
+            open.client(h(kind, flags, stream), &mut clock);
+            open.client(Event::End(Frame { kind, flags, stream }), &mut clock);
+        };
+        let ids = |open: &OpenBodies| open.open.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+        whole(&mut open, HEADERS, END_STREAM | END_HEADERS, 1, &mut clock);
+        assert!(open.open.is_empty(), "a GET has no body");
         for s in [3, 5, 7, 9] {
-            open.client(h(HEADERS, 4, s), &mut clock);
+            whole(&mut open, HEADERS, END_HEADERS, s, &mut clock);
         }
-        assert_eq!(open.0.len(), 4);
-        open.client(h(DATA, END_STREAM, 3), &mut clock);
-        open.client(h(HEADERS, END_STREAM | 4, 5), &mut clock);
-        open.client(h(RST_STREAM, 0, 7), &mut clock);
-        assert_eq!(open.0, vec![(9, t0)], "ended by its last DATA, by trailers, by the client's reset");
+        assert_eq!(ids(&open), [3, 5, 7, 9]);
+        whole(&mut open, DATA, END_STREAM, 3, &mut clock);
+        whole(&mut open, HEADERS, END_STREAM | END_HEADERS, 5, &mut clock);
+        whole(&mut open, RST_STREAM, 0, 7, &mut clock);
+        assert_eq!(open.open, vec![(9, t0)], "ended by its last DATA, by trailers, by the client's reset");
         open.server(h(RST_STREAM, 0, 9));
-        assert!(open.0.is_empty(), "edge reset it");
+        assert!(open.open.is_empty(), "edge reset it");
         assert_eq!(open.deadline(Duration::from_secs(1)), None);
-        // Its own data restarts a body's clock; other frames do not.
-        open.client(h(HEADERS, 4, 11), &mut clock);
-        open.client(h(HEADERS, 4, 13), &mut clock);
+        // A header block in two frames: the body's clock starts at its end.
         let t1 = t0 + Duration::from_secs(5);
         let mut later = || t1;
-        open.client(h(PING, 0, 0), &mut later);
-        open.client(h(DATA, 0, 15), &mut later);
-        open.client(h(HEADERS, 0, 11), &mut later);
-        open.server(h(DATA, 0, 11));
+        whole(&mut open, HEADERS, 0, 11, &mut clock);
+        assert!(open.open.is_empty(), "the header block is not over");
+        whole(&mut open, CONTINUATION, END_HEADERS, 11, &mut later);
+        assert_eq!(open.open, vec![(11, t1)]);
+        whole(&mut open, HEADERS, END_HEADERS, 13, &mut clock);
+        // Its own data restarts a body's clock; other frames do not.
+        whole(&mut open, PING, 0, 0, &mut later);
+        whole(&mut open, DATA, 0, 15, &mut later);
+        open.server(h(DATA, 0, 13));
         assert_eq!(open.deadline(Duration::from_secs(1)), Some(t0 + Duration::from_secs(1)));
-        open.client(h(DATA, 0, 11), &mut later);
         open.client(Event::Data(13), &mut later);
         assert_eq!(open.deadline(Duration::from_secs(1)), Some(t1 + Duration::from_secs(1)));
     }
 
-    fn timed(timeout_ms: u64) -> (BodyTimed, tokio::io::DuplexStream) {
+    /// With a header deadline of `header_ms` (`None`: off) and a body
+    /// timeout of `body_ms`.
+    fn timed(header_ms: Option<u64>, body_ms: u64) -> (H2Timed, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
-        let counter = prometheus::IntCounter::new("t", "t").unwrap();
-        (BodyTimed::new(Box::new(ours), Duration::from_millis(timeout_ms), counter), theirs)
+        let late = Late {
+            header: prometheus::IntCounter::new("h", "h").unwrap(),
+            body: prometheus::IntCounter::new("b", "b").unwrap(),
+        };
+        let header = header_ms.map(Duration::from_millis);
+        (H2Timed::new(Box::new(ours), header, Duration::from_millis(body_ms), late), theirs)
     }
 
     /// Reads from `s` until it fails or `within` passes.
-    async fn read_until_error(s: &mut BodyTimed, within: Duration) -> Option<io::Error> {
+    async fn read_until_error(s: &mut H2Timed, within: Duration) -> Option<io::Error> {
         let mut buf = [0u8; 4096];
         let deadline = Instant::now() + within;
         loop {
@@ -417,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_body_fails_the_connection_though_pings_keep_coming() {
-        let (mut s, mut client) = timed(300);
+        let (mut s, mut client) = timed(Some(300), 300);
         let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         hello.extend(frame(HEADERS, 4, 1, 30));
         hello.extend(frame(DATA, 0, 1, 100));
@@ -436,20 +547,20 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(280) && took < Duration::from_millis(1500), "{took:?}");
-        assert_eq!(s.late.get(), 1);
+        assert_eq!(s.body_late.get(), 1);
         drop(pings);
     }
 
     #[tokio::test]
     async fn a_slow_body_that_keeps_coming_and_a_reset_one_are_not_cut_off() {
-        let (mut s, mut client) = timed(300);
+        let (mut s, mut client) = timed(Some(300), 300);
         let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         hello.extend(frame(HEADERS, 4, 1, 30));
         hello.extend(frame(HEADERS, 4, 3, 30));
         client.write_all(&hello).await.unwrap();
         let mut buf = [0u8; 4096];
         assert_eq!(s.read(&mut buf).await.unwrap(), hello.len());
-        assert_eq!(s.open.0.len(), 2);
+        assert_eq!(s.open.open.len(), 2);
         // Edge resets stream 3 (in two writes, split inside the header).
         let reset = frame(RST_STREAM, 0, 3, 4);
         s.write_all(&reset[..5]).await.unwrap();
@@ -469,10 +580,57 @@ mod tests {
             }
             client
         });
-        assert_eq!(s.open.0.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1], "edge reset 3");
+        assert_eq!(s.open.open.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1], "edge reset 3");
         assert!(read_until_error(&mut s, Duration::from_millis(2500)).await.is_none());
-        assert_eq!(s.late.get(), 0);
-        assert!(s.open.0.is_empty());
+        assert_eq!(s.body_late.get(), 0);
+        assert!(s.open.open.is_empty());
         drop(writer);
+    }
+
+    /// A `GET`'s header block: `HEADERS` without `END_HEADERS`, the
+    /// `CONTINUATION` with it, each in two parts.
+    fn header_block(stream: u32) -> Vec<Vec<u8>> {
+        let (headers, continuation) =
+            (frame(HEADERS, END_STREAM, stream, 20), frame(CONTINUATION, END_HEADERS, stream, 10));
+        vec![headers[..4].to_vec(), headers[4..].to_vec(), continuation[..12].to_vec(), continuation[12..].to_vec()]
+    }
+
+    #[tokio::test]
+    async fn a_header_block_must_be_whole_in_time_and_is_not_timed_when_off() {
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(4, 0, 0, 0));
+        // In time: its four parts 100 ms apart, 300 ms in all, with a
+        // deadline of 400 ms from the first wait.
+        let (mut s, mut client) = timed(Some(400), 60_000);
+        client.write_all(&hello).await.unwrap();
+        let writer = tokio::spawn(async move {
+            for part in header_block(1) {
+                client.write_all(&part).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            client
+        });
+        assert!(read_until_error(&mut s, Duration::from_millis(1000)).await.is_none());
+        assert_eq!(s.header, HeaderBlock::Done);
+        assert!(s.open.open.is_empty(), "END_STREAM: no body");
+        drop(writer);
+        // Late: a `HEADERS` frame without `END_HEADERS`, then nothing
+        // (no other frame may come before its `CONTINUATION`).
+        let (mut s, mut client) = timed(Some(400), 60_000);
+        client.write_all(&hello).await.unwrap();
+        client.write_all(&frame(HEADERS, END_STREAM, 1, 20)).await.unwrap();
+        let started = Instant::now();
+        let e = read_until_error(&mut s, Duration::from_secs(3)).await.expect("cut off");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(350) && took < Duration::from_millis(1500), "{took:?}");
+        assert_eq!((s.header_late.get(), s.body_late.get()), (1, 0));
+        drop(client);
+        // Off: a header left unfinished is not timed.
+        let (mut s, mut client) = timed(None, 200);
+        client.write_all(&hello).await.unwrap();
+        client.write_all(&header_block(1)[0]).await.unwrap();
+        assert!(read_until_error(&mut s, Duration::from_millis(600)).await.is_none());
+        assert_eq!(s.header_late.get(), 0);
     }
 }
