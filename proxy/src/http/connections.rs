@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::{Shutdown, Stream};
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use prometheus::IntCounterVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -322,15 +322,46 @@ impl AsyncRead for HeaderTimed {
     }
 }
 
+/// In the `AsyncWrite` impl of a wrapper of a stream in its `inner` field:
+/// `poll_flush`, `poll_shutdown` and `is_write_vectored`, passed through.
+macro_rules! delegate_flush_and_shutdown {
+    () => {
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.inner), cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.inner), cx)
+        }
+        fn is_write_vectored(&self) -> bool {
+            tokio::io::AsyncWrite::is_write_vectored(&self.inner)
+        }
+    };
+}
+pub(super) use delegate_flush_and_shutdown;
+
+/// Pingora's `Shutdown` for a wrapper of a stream in its `inner` field,
+/// passed through.
+macro_rules! delegate_shutdown {
+    ($t:ty) => {
+        #[async_trait::async_trait]
+        impl pingora::protocols::Shutdown for $t {
+            async fn shutdown(&mut self) {
+                pingora::protocols::Shutdown::shutdown(&mut *self.inner).await
+            }
+        }
+    };
+}
+pub(super) use delegate_shutdown;
+
 impl AsyncWrite for HeaderTimed {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
@@ -339,17 +370,10 @@ impl AsyncWrite for HeaderTimed {
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
+    delegate_flush_and_shutdown!();
 }
 
-#[async_trait]
-impl Shutdown for HeaderTimed {
-    async fn shutdown(&mut self) {
-        self.inner.shutdown().await
-    }
-}
+delegate_shutdown!(HeaderTimed);
 
 /// Pingora's stream traits that a wrapper of a [`Stream`] in its `inner`
 /// field passes through (all but the reads, the writes and `Shutdown`).

@@ -35,12 +35,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::protocols::{Shutdown, Stream};
+use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::connections::delegate_stream_traits;
+use super::connections::{delegate_flush_and_shutdown, delegate_shutdown, delegate_stream_traits};
 
 /// The client's connection preface, before its first frame.
 const PREFACE_LEN: usize = 24;
@@ -369,12 +368,7 @@ impl AsyncWrite for H2Timed {
         }
         written
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    delegate_flush_and_shutdown!();
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -386,18 +380,9 @@ impl AsyncWrite for H2Timed {
         }
         written
     }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
 }
 
-#[async_trait]
-impl Shutdown for H2Timed {
-    async fn shutdown(&mut self) {
-        self.inner.shutdown().await
-    }
-}
-
+delegate_shutdown!(H2Timed);
 delegate_stream_traits!(H2Timed);
 
 #[cfg(test)]
@@ -415,6 +400,13 @@ mod tests {
         f
     }
 
+    /// The client preface, then `frames`.
+    fn preface_and(frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        frames.iter().for_each(|f| bytes.extend(f));
+        bytes
+    }
+
     fn events(scan: &mut FrameScan, bytes: &[u8]) -> Vec<Event> {
         let mut seen = Vec::new();
         scan.scan(bytes, |e| seen.push(e));
@@ -423,10 +415,7 @@ mod tests {
 
     #[test]
     fn frames_are_found_across_reads_after_the_preface() {
-        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        bytes.extend(frame(4, 0, 0, 6));
-        bytes.extend(frame(HEADERS, 4, 1, 20));
-        bytes.extend(frame(DATA, END_STREAM, 1, 300));
+        let bytes = preface_and(&[frame(4, 0, 0, 6), frame(HEADERS, 4, 1, 20), frame(DATA, END_STREAM, 1, 300)]);
         let mut scan = FrameScan::new(PREFACE_LEN);
         let mut seen = Vec::new();
         // One byte at a time, then the rest at once: the same frames.
@@ -529,9 +518,7 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_body_fails_the_connection_though_pings_keep_coming() {
         let (mut s, mut client) = timed(Some(300), 300);
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend(frame(HEADERS, 4, 1, 30));
-        hello.extend(frame(DATA, 0, 1, 100));
+        let hello = preface_and(&[frame(HEADERS, 4, 1, 30), frame(DATA, 0, 1, 100)]);
         client.write_all(&hello).await.unwrap();
         let started = Instant::now();
         let pings = tokio::spawn(async move {
@@ -554,9 +541,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_body_that_keeps_coming_and_a_reset_one_are_not_cut_off() {
         let (mut s, mut client) = timed(Some(300), 300);
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend(frame(HEADERS, 4, 1, 30));
-        hello.extend(frame(HEADERS, 4, 3, 30));
+        let hello = preface_and(&[frame(HEADERS, 4, 1, 30), frame(HEADERS, 4, 3, 30)]);
         client.write_all(&hello).await.unwrap();
         let mut buf = [0u8; 4096];
         assert_eq!(s.read(&mut buf).await.unwrap(), hello.len());
@@ -597,8 +582,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_header_block_must_be_whole_in_time_and_is_not_timed_when_off() {
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend(frame(4, 0, 0, 0));
+        let hello = preface_and(&[frame(4, 0, 0, 0)]);
         // In time: its four parts 100 ms apart, 300 ms in all, with a
         // deadline of 400 ms from the first wait.
         let (mut s, mut client) = timed(Some(400), 60_000);
