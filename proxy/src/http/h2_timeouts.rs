@@ -617,4 +617,44 @@ mod tests {
         assert!(read_until_error(&mut s, Duration::from_millis(600)).await.is_none());
         assert_eq!(s.header_late.get(), 0);
     }
+
+    /// What a scan finds, with the `DATA` payload events of one run
+    /// merged (how many there are depends on how the bytes were split).
+    fn merged(scan: &mut FrameScan, chunks: &[&[u8]]) -> Vec<Event> {
+        let mut seen: Vec<Event> = Vec::new();
+        for chunk in chunks {
+            scan.scan(chunk, |e| {
+                if !(matches!(e, Event::Data(_)) && seen.last() == Some(&e)) {
+                    seen.push(e)
+                }
+            });
+        }
+        seen
+    }
+
+    proptest::proptest! {
+        /// However the bytes are split across reads, the same frames are
+        /// found, each frame's end after its payload.
+        #[test]
+        fn frames_do_not_depend_on_how_the_bytes_are_split(
+            frames in proptest::collection::vec((0u8..10, 0u8..16, 0u32..8, 0usize..40), 0..12),
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+        ) {
+            let frames: Vec<Vec<u8>> = frames.iter().map(|&(k, f, s, n)| frame(k, f, s, n)).collect();
+            let bytes = preface_and(&frames);
+            let whole = merged(&mut FrameScan::new(PREFACE_LEN), &[&bytes]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                chunks.push(&bytes[from..c]);
+                from = c;
+            }
+            proptest::prop_assert_eq!(&merged(&mut FrameScan::new(PREFACE_LEN), &chunks), &whole);
+            let headers = whole.iter().filter(|e| matches!(e, Event::Header(_))).count();
+            let ends = whole.iter().filter(|e| matches!(e, Event::End(_))).count();
+            proptest::prop_assert_eq!((headers, ends), (frames.len(), frames.len()));
+        }
+    }
 }
