@@ -10,14 +10,14 @@
 //!   connection over the limit is closed at once, before any handshake;
 //! - makes the TLS handshake of the HTTPS listeners' connections
 //!   ([`super::tls`]), which Pingora accepts as plain TCP;
-//! - gives each request header a deadline (`header_timeout_secs`, like
-//!   nginx's `client_header_timeout` or HAProxy's `timeout http-request`):
-//!   from the connection for its first request, and from the first byte of
-//!   each later keepalive request. The header is over at its blank line;
-//!   bodies, upgraded connections and HTTP/2 after its preface are not
-//!   timed here. A late header closes the connection;
-//! - gives HTTP/2 request headers the same deadline after the connection
-//!   preface, and HTTP/2 request bodies a read timeout
+//! - gives each HTTP/1 request header a deadline (`header_timeout_secs`,
+//!   like nginx's `client_header_timeout` or HAProxy's `timeout
+//!   http-request`): from the connection for its first request, and from
+//!   the first byte of each later keepalive request. The header is over at
+//!   its blank line; bodies and upgraded connections are not timed here. A
+//!   late header closes the connection;
+//! - gives HTTP/2 connections the same deadline on their preface and each
+//!   request's header block, and their request bodies a read timeout
 //!   (`body_timeout_secs`): [`super::h2_timeouts`]. Pingora times HTTP/1.1
 //!   body reads itself;
 //! - on shutdown (and on the upgrade's hand-off), holds back Pingora's
@@ -50,10 +50,9 @@ pub struct Guarded<A> {
     limits: Option<crate::limits::Limits>,
     header_timeout: Option<Duration>,
     body_timeout: Duration,
-    /// `edge_http_limited_total`: `connections`, `header_timeout`.
-    limited: IntCounterVec,
-    /// `edge_http_limited_total{limit="header_timeout"}` and
-    /// `{limit="body_timeout"}`.
+    /// `edge_http_limited_total{limit="connections"}`,
+    /// `{limit="header_timeout"}` and `{limit="body_timeout"}`.
+    refused: prometheus::IntCounter,
     header_late: prometheus::IntCounter,
     body_late: prometheus::IntCounter,
     /// HTTP/1 connections waiting for their first request: until its
@@ -78,6 +77,7 @@ impl<A> Guarded<A> {
         tls: Option<super::tls::Tls>,
     ) -> Self {
         let limits = (max_per_ip > 0).then(|| crate::limits::Limits::new(max_per_ip, u32::MAX));
+        let refused = limited.with_label_values(&["connections"]);
         let header_late = limited.with_label_values(&["header_timeout"]);
         let body_late = limited.with_label_values(&["body_timeout"]);
         Guarded {
@@ -85,7 +85,7 @@ impl<A> Guarded<A> {
             limits,
             header_timeout,
             body_timeout,
-            limited,
+            refused,
             header_late,
             body_late,
             fresh: Arc::default(),
@@ -144,7 +144,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             (Some(limits), Some(ip)) => match limits.connect(ip) {
                 Some(c) => Some(c),
                 None => {
-                    self.limited.with_label_values(&["connections"]).inc();
+                    self.refused.inc();
                     tracing::debug!(client = %ip, "http: too many connections from this address; closed");
                     return None;
                 }
@@ -167,13 +167,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // waiting for a first request the way HTTP/1 ones are.
         let h2 = matches!(stream.selected_alpn_proto(), Some(pingora::protocols::ALPN::H2));
         let mut first = (!h2).then(|| self.fresh.enter());
-        let stream: Stream = if h2 {
-            let late = super::h2_timeouts::Late { header: self.header_late.clone(), body: self.body_late.clone() };
-            Box::new(super::h2_timeouts::H2Timed::new(stream, self.header_timeout, self.body_timeout, late))
-        } else {
-            stream
-        };
         let (mut stream, rearm): (Stream, _) = match self.header_timeout {
+            // The preface and each header block are timed with the bodies.
+            _ if h2 => {
+                let late = super::h2_timeouts::Late { header: self.header_late.clone(), body: self.body_late.clone() };
+                (Box::new(super::h2_timeouts::H2Timed::new(stream, self.header_timeout, self.body_timeout, late)), None)
+            }
             Some(timeout) => {
                 let mut timed = HeaderTimed::new(stream, timeout, self.header_late.clone());
                 // Counted until the first header's blank line, not for the

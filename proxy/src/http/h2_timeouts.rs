@@ -7,16 +7,18 @@
 //! the frames going by (their 9-byte headers; payloads are skipped, not
 //! parsed), both ways:
 //!
-//! - **headers** (`header_timeout_secs`, as for HTTP/1.1): a client's
-//!   `HEADERS` frame starts a header block; it must be whole, up to the end
-//!   of the frame with `END_HEADERS` (itself or a `CONTINUATION`), within
-//!   the deadline, counted from the first read that has to wait for it;
+//! - **headers** (`header_timeout_secs`, as for HTTP/1.1): the client's
+//!   connection preface (24 octets and the `SETTINGS` frame that follows
+//!   them), then each header block (a `HEADERS` frame up to the end of the
+//!   frame with `END_HEADERS`, itself or a `CONTINUATION`) must be whole
+//!   within the deadline, counted from the first read that has to wait for
+//!   it;
 //! - **bodies** (`body_timeout_secs`, nginx's `client_body_timeout`): a
 //!   request `HEADERS` frame without `END_STREAM` opens a body, timed from
-//!   the end of its header block; payload bytes of a `DATA` frame on that stream restart its
-//!   clock; `END_STREAM` (on `DATA` or on trailers) ends it; `RST_STREAM`
-//!   from either side ends it: the client gave up, or edge no longer reads
-//!   it (an early answer, a refused stream).
+//!   the end of its header block; payload bytes of a `DATA` frame on that
+//!   stream restart its clock; `END_STREAM` (on `DATA` or on trailers)
+//!   ends it; `RST_STREAM` from either side ends it: the client gave up,
+//!   or edge no longer reads it (an early answer, a refused stream).
 //!
 //! Other frames (`PING`, `WINDOW_UPDATE`, other streams' `DATA`) do not
 //! restart a clock. When a header or a body runs out of time, the read
@@ -75,23 +77,23 @@ enum Event {
 }
 
 /// Finds the frame headers in one direction's bytes, across reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct FrameScan {
     /// Bytes still to skip before the first frame (the client preface).
     skip: usize,
     /// A frame header read in part.
     header: [u8; 9],
     have: usize,
-    /// The frame whose payload is coming, and how much of it is to come.
-    current: Option<Frame>,
+    /// The frame whose payload is coming (while `payload_left > 0`), and
+    /// how much of it is to come.
+    current: Frame,
     payload_left: usize,
-    /// The stream of the current frame's payload, if it is `DATA`.
-    data_stream: Option<u32>,
 }
 
 impl FrameScan {
     fn new(skip: usize) -> Self {
-        FrameScan { skip, ..FrameScan::default() }
+        let current = Frame { kind: 0, flags: 0, stream: 0 };
+        FrameScan { skip, header: [0; 9], have: 0, current, payload_left: 0 }
     }
 
     /// Calls `event` for each frame header completed and each run of
@@ -106,13 +108,11 @@ impl FrameScan {
                 let n = self.payload_left.min(bytes.len());
                 self.payload_left -= n;
                 bytes = &bytes[n..];
-                if let Some(stream) = self.data_stream {
-                    event(Event::Data(stream));
+                if self.current.kind == DATA {
+                    event(Event::Data(self.current.stream));
                 }
                 if self.payload_left == 0 {
-                    if let Some(frame) = self.current.take() {
-                        event(Event::End(frame));
-                    }
+                    event(Event::End(self.current));
                 }
             } else {
                 let n = (9 - self.have).min(bytes.len());
@@ -125,13 +125,10 @@ impl FrameScan {
                     let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                     let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
                     let frame = Frame { kind: h[3], flags: h[4], stream };
-                    self.payload_left = len;
-                    self.data_stream = (frame.kind == DATA).then_some(stream);
+                    (self.current, self.payload_left) = (frame, len);
                     event(Event::Header(frame));
                     if len == 0 {
                         event(Event::End(frame));
-                    } else {
-                        self.current = Some(frame);
                     }
                 }
             }
@@ -172,11 +169,6 @@ impl OpenBodies {
                 None if flags & END_STREAM == 0 && stream != 0 => self.next = Some(stream),
                 None => {}
             },
-            Event::End(Frame { kind: HEADERS | CONTINUATION, flags, .. }) if flags & END_HEADERS != 0 => {
-                if let Some(stream) = self.next.take().filter(|_| self.open.len() < MAX_OPEN) {
-                    self.open.push((stream, now()));
-                }
-            }
             Event::Header(Frame { kind: DATA, flags, stream }) => {
                 if let Some(i) = self.find(stream) {
                     if flags & END_STREAM != 0 {
@@ -199,6 +191,14 @@ impl OpenBodies {
         }
     }
 
+    /// A header block ended: its request's body, if one comes, is timed
+    /// from now.
+    fn block_ended(&mut self, now: &mut impl FnMut() -> Instant) {
+        if let Some(stream) = self.next.take().filter(|_| self.open.len() < MAX_OPEN) {
+            self.open.push((stream, now()));
+        }
+    }
+
     /// Applies what edge sent: a reset ends the stream's body.
     fn server(&mut self, event: Event) {
         if let Event::Header(Frame { kind: RST_STREAM, stream, .. }) = event {
@@ -212,26 +212,43 @@ impl OpenBodies {
     }
 }
 
-/// Where a client's header block stands.
+/// Where the client's header blocks stand. The ones being read have a
+/// time once a read had to wait for their rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HeaderBlock {
+    /// The connection preface: until its first frame (its `SETTINGS`)
+    /// ends.
+    Preface(Option<Instant>),
     /// None is coming.
     Done,
-    /// Started; `Some` once a read had to wait for the rest, with the
-    /// time of that first wait.
+    /// A header block is being read.
     Coming(Option<Instant>),
 }
 
 impl HeaderBlock {
-    fn saw(&mut self, event: Event) {
-        match event {
-            Event::Header(Frame { kind: HEADERS, .. }) => *self = HeaderBlock::Coming(None),
-            Event::End(Frame { kind: HEADERS | CONTINUATION, flags, .. }) if flags & END_HEADERS != 0 => {
-                *self = HeaderBlock::Done
+    /// Applies what the client sent; whether a header block ended.
+    fn saw(&mut self, event: Event) -> bool {
+        match (*self, event) {
+            (HeaderBlock::Preface(_), Event::End(_)) => *self = HeaderBlock::Done,
+            (_, Event::Header(Frame { kind: HEADERS, .. })) => *self = HeaderBlock::Coming(None),
+            (HeaderBlock::Coming(_), Event::End(Frame { kind: HEADERS | CONTINUATION, flags, .. }))
+                if flags & END_HEADERS != 0 =>
+            {
+                *self = HeaderBlock::Done;
+                return true;
             }
             _ => {}
         }
+        false
     }
+}
+
+/// Applies what the client sent to its header blocks and its bodies.
+fn client_event(header: &mut HeaderBlock, open: &mut OpenBodies, event: Event, now: &mut impl FnMut() -> Instant) {
+    if header.saw(event) {
+        open.block_ended(now);
+    }
+    open.client(event, now);
 }
 
 /// An HTTP/2 client connection whose request headers must come whole and
@@ -268,7 +285,7 @@ impl H2Timed {
             body_timeout,
             read: FrameScan::new(PREFACE_LEN),
             written: FrameScan::new(0),
-            header: HeaderBlock::Done,
+            header: HeaderBlock::Preface(None),
             open: OpenBodies::default(),
             sleep: None,
             expired: false,
@@ -296,7 +313,9 @@ impl H2Timed {
         let timeout = self.header_timeout?;
         match &mut self.header {
             HeaderBlock::Done => None,
-            HeaderBlock::Coming(since) => Some(*since.get_or_insert_with(Instant::now) + timeout),
+            HeaderBlock::Preface(since) | HeaderBlock::Coming(since) => {
+                Some(*since.get_or_insert_with(Instant::now) + timeout)
+            }
         }
     }
 
@@ -332,10 +351,7 @@ impl AsyncRead for H2Timed {
                 let (open, read, header) = (&mut this.open, &mut this.read, &mut this.header);
                 let mut now = None;
                 let mut clock = || *now.get_or_insert_with(Instant::now);
-                read.scan(&buf.filled()[before..], |e| {
-                    header.saw(e);
-                    open.client(e, &mut clock)
-                });
+                read.scan(&buf.filled()[before..], |e| client_event(header, open, e, &mut clock));
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -452,11 +468,13 @@ mod tests {
         let mut open = OpenBodies::default();
         let mut clock = || t0;
         let h = |kind, flags, stream| Event::Header(Frame { kind, flags, stream });
-        // A frame with no payload: its header, then its end.
-        let whole = |open: &mut OpenBodies, kind, flags, stream, clock: &mut dyn FnMut() -> Instant| {
+        // A frame with no payload, after the preface: its header, then its
+        // end.
+        let mut block = HeaderBlock::Done;
+        let mut whole = |open: &mut OpenBodies, kind, flags, stream, clock: &mut dyn FnMut() -> Instant| {
             let mut clock = || clock();
-            open.client(h(kind, flags, stream), &mut clock);
-            open.client(Event::End(Frame { kind, flags, stream }), &mut clock);
+            client_event(&mut block, open, h(kind, flags, stream), &mut clock);
+            client_event(&mut block, open, Event::End(Frame { kind, flags, stream }), &mut clock);
         };
         let ids = |open: &OpenBodies| open.open.iter().map(|(s, _)| *s).collect::<Vec<_>>();
         whole(&mut open, HEADERS, END_STREAM | END_HEADERS, 1, &mut clock);
@@ -616,6 +634,24 @@ mod tests {
         client.write_all(&header_block(1)[0]).await.unwrap();
         assert!(read_until_error(&mut s, Duration::from_millis(600)).await.is_none());
         assert_eq!(s.header_late.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_connection_preface_must_be_whole_in_time() {
+        let (mut s, mut client) = timed(Some(300), 60_000);
+        let hello = preface_and(&[frame(4, 0, 0, 6)]);
+        client.write_all(&hello).await.unwrap();
+        assert!(read_until_error(&mut s, Duration::from_millis(600)).await.is_none());
+        assert_eq!(s.header, HeaderBlock::Done, "the preface and its SETTINGS are in");
+        // Its first 10 octets, then nothing.
+        let (mut s, mut client) = timed(Some(300), 60_000);
+        client.write_all(&hello[..10]).await.unwrap();
+        let started = Instant::now();
+        let e = read_until_error(&mut s, Duration::from_secs(3)).await.expect("cut off");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "{took:?}");
+        assert_eq!(s.header_late.get(), 1);
     }
 
     /// What a scan finds, with the `DATA` payload events of one run

@@ -89,10 +89,11 @@ const LINGER: Duration = Duration::from_secs(5);
 /// How long an HTTP/2 answer given before the request's body is all in
 /// (one of edge's pages: 413, 429, a 502 during an upload) goes ahead of
 /// the stream's reset. (When the backend answers early, Pingora reads the
-/// rest of the body first: no reset.) curl 7.88 drops an answer that arrives in one TLS record with
-/// the reset (exit 92, no status): the answer must be written first. The
-/// connection's task, which writes it, may run on another thread than the
-/// request's (Pingora spawns streams on any of the service's threads).
+/// rest of the body first: no reset.) curl 7.88 drops an answer that
+/// arrives in one TLS record with the reset (exit 92, no status): the
+/// answer must be written first. The connection's task, which writes it,
+/// may run on another thread than the request's (Pingora spawns streams
+/// on any of the service's threads).
 const RESET_AFTER: Duration = Duration::from_millis(5);
 
 /// The request's host as sent: the `Host` header, else the authority of
@@ -491,24 +492,21 @@ impl ProxyHttp for Proxy {
                 }
                 page.status()
             }
-            // The client's side failed (closed, sent garbage): 400 if it can
-            // still read one, nothing if it is gone.
-            None => match e.etype() {
-                ErrorType::HTTPStatus(code) => {
-                    let _ = session.respond_error(*code).await;
-                    *code
+            // The client's side failed: nothing if it is gone, 408 if its
+            // body stopped coming (`body_timeout_secs`, as nginx), 400 if
+            // it sent garbage.
+            None => {
+                let code = match e.etype() {
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+                    ErrorType::HTTPStatus(code) => *code,
+                    ErrorType::ReadTimedout => 408,
+                    _ => 400,
+                };
+                if code > 0 {
+                    let _ = session.respond_error(code).await;
                 }
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
-                // The body stopped coming (`body_timeout_secs`), as nginx.
-                ErrorType::ReadTimedout => {
-                    let _ = session.respond_error(408).await;
-                    408
-                }
-                _ => {
-                    let _ = session.respond_error(400).await;
-                    400
-                }
-            },
+                code
+            }
         };
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
