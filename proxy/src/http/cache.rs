@@ -109,6 +109,16 @@ impl Cache {
         }
     }
 
+    /// A fresh stored response for the URL whose [`primary_hash`] is
+    /// `primary` (see [`store::MemStore::fresh`]), its use recorded with
+    /// the eviction manager as Pingora records a hit's.
+    pub fn fresh(&self, primary: &HashBinary, now: SystemTime) -> Option<store::Fresh> {
+        let hit = self.store.fresh(primary, now)?;
+        let entry = pingora::cache::CacheEntryKey::from_entry_id(hit.key.clone(), None);
+        self.eviction.access(&entry, hit.body.len(), hit.fresh_until);
+        Some(hit)
+    }
+
     /// Drops every cached response of a site; returns how many.
     pub fn purge_site(&self, site: &str) -> usize {
         self.store.purge_tag(site, self.eviction)
@@ -125,16 +135,79 @@ impl Cache {
 /// query, framed by a newline (which neither can hold); the site is the
 /// user tag, for purging a whole site. The backend is not in it.
 pub fn key(site: &str, host: &str, path_and_query: &str) -> CacheKey {
+    let primary = primary(host, path_and_query);
+    let hash = pingora::cache::key::hash_key(&primary);
+    keyed(site, primary, hash)
+}
+
+/// [`key`], with the hash [`primary_hash`] gave for the same host and path.
+pub fn key_with_hash(site: &str, host: &str, path_and_query: &str, hash: HashBinary) -> CacheKey {
+    keyed(site, primary(host, path_and_query), hash)
+}
+
+/// The hash of a URL's [`key`], which the store files it by.
+pub fn primary_hash(host: &str, path_and_query: &str) -> HashBinary {
+    pingora::cache::key::hash_key(primary(host, path_and_query))
+}
+
+fn primary(host: &str, path_and_query: &str) -> Vec<u8> {
     let mut primary = Vec::with_capacity(host.len() + 1 + path_and_query.len());
     primary.extend(host.bytes().map(|b| b.to_ascii_lowercase()));
     primary.push(b'\n');
     primary.extend_from_slice(path_and_query.as_bytes());
+    primary
+}
+
+fn keyed(site: &str, primary: Vec<u8>, hash: HashBinary) -> CacheKey {
     // The same hash Pingora computes, once: it asks for it several times a
     // request (lookup, lock, eviction, predictor).
-    let hash = pingora::cache::key::hash_key(&primary);
     let mut key = CacheKey::new(primary, site);
     key.set_primary_bin_override(hash);
     key
+}
+
+/// Whether a request can take a fresh stored response as it is, without
+/// Pingora's cache machinery ([`Cache::fresh`]): a `GET` with no condition
+/// and no range, which Pingora's hit path would answer with the stored
+/// response unchanged (no 304, no 206). The caller also checks that it has
+/// no body and asks for no upgrade.
+pub fn plain_get(req: &RequestHeader) -> bool {
+    use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE};
+    req.method == http::Method::GET
+        && ![RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE]
+            .iter()
+            .any(|name| req.headers.contains_key(name))
+}
+
+/// The header a fresh hit is answered with, made as Pingora's hit path
+/// makes it: the stored header with `Age` (RFC 9111 §4), HTTP/1.1, chunked
+/// framing when it has no `Content-Length`, `Accept-Ranges: bytes` on a 200
+/// of known length; then edge's `Cache-Status`, as [`cache_status`] gives
+/// it for a hit.
+pub fn fresh_hit_header(
+    mut header: ResponseHeader,
+    created: SystemTime,
+    fresh_until: SystemTime,
+    now: SystemTime,
+) -> pingora::Result<ResponseHeader> {
+    let age = now.duration_since(created).unwrap_or_default().as_secs();
+    header.insert_header(http::header::AGE, age)?;
+    header.set_version(http::Version::HTTP_11);
+    let no_body = matches!(header.status.as_u16(), 204 | 304) || header.status.is_informational();
+    let length = header.headers.get(http::header::CONTENT_LENGTH);
+    let ranges = header.status == http::StatusCode::OK
+        && length.and_then(|v| v.to_str().ok()).is_some_and(|v| v.parse::<usize>().is_ok());
+    if !no_body && length.is_none() {
+        header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    // Pingora's range filter: a 200 of known length could be served in
+    // ranges (it then says so, as nginx does).
+    if ranges {
+        header.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
+    }
+    let status = cache_status(Outcome::Hit, Some(ttl_until(fresh_until, now)), false);
+    header.insert_header("cache-status", status.into_owned())?;
+    Ok(header)
 }
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
@@ -359,7 +432,10 @@ pub fn cache_status(outcome: Outcome, ttl: Option<i64>, stored: bool) -> Cow<'st
 /// Remaining freshness of a stored response in seconds, negative when
 /// stale.
 pub fn ttl(meta: &CacheMeta, now: SystemTime) -> i64 {
-    let until = meta.fresh_until();
+    ttl_until(meta.fresh_until(), now)
+}
+
+fn ttl_until(until: SystemTime, now: SystemTime) -> i64 {
     match until.duration_since(now) {
         Ok(left) => left.as_secs() as i64,
         Err(past) => -(past.duration().as_secs() as i64) - 1,
@@ -469,6 +545,43 @@ mod tests {
         assert_eq!(gzip, variance(&meta, &req(Some("gzip"))));
         assert_ne!(gzip, variance(&meta, &req(Some("br"))));
         assert_ne!(gzip, variance(&meta, &req(None)));
+    }
+
+    #[test]
+    fn only_plain_gets_take_a_fresh_hit_as_stored() {
+        let req = |method: &str, headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build(method, b"/a", None).unwrap();
+            for (k, v) in headers {
+                r.append_header(k.to_string(), *v).unwrap();
+            }
+            r
+        };
+        assert!(plain_get(&req("GET", &[("accept", "*/*"), ("authorization", "x")])));
+        assert!(!plain_get(&req("HEAD", &[])));
+        assert!(!plain_get(&req("POST", &[])));
+        for name in ["range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"] {
+            assert!(!plain_get(&req("GET", &[(name, "x")])), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_fresh_hit_has_age_framing_and_cache_status() {
+        let now = SystemTime::now();
+        let created = now - Duration::from_secs(7);
+        let until = now + Duration::from_secs(53);
+        let h = fresh_hit_header(resp(200, &[("content-length", "4")]), created, until, now).unwrap();
+        assert_eq!(h.headers.get("age").unwrap(), "7");
+        assert_eq!(h.headers.get("cache-status").unwrap(), "edge; hit; ttl=53");
+        assert_eq!(h.headers.get("accept-ranges").unwrap(), "bytes");
+        assert!(!h.headers.contains_key("transfer-encoding"));
+        assert_eq!(h.version, http::Version::HTTP_11);
+        let h = fresh_hit_header(resp(200, &[]), created, until, now).unwrap();
+        assert_eq!(h.headers.get("transfer-encoding").unwrap(), "chunked", "no length: chunked, as Pingora");
+        assert!(!h.headers.contains_key("accept-ranges"), "no length, no ranges");
+        let h = fresh_hit_header(resp(404, &[("content-length", "4")]), created, until, now).unwrap();
+        assert!(!h.headers.contains_key("accept-ranges"), "only a 200 is served in ranges");
+        let h = fresh_hit_header(resp(204, &[]), created, until, now).unwrap();
+        assert!(!h.headers.contains_key("transfer-encoding"), "204 has no body");
     }
 
     #[test]

@@ -171,6 +171,18 @@ fn empty_header() -> Result<&'static [u8]> {
     Ok(EMPTY.get_or_init(|| meta.serialize().map(|m| m.1).unwrap_or_default()))
 }
 
+/// A stored response that a request can be answered with as it is: see
+/// [`MemStore::fresh`].
+pub struct Fresh {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    /// When it was stored: its `Age` counts from here.
+    pub created: SystemTime,
+    pub fresh_until: SystemTime,
+    /// Its key, for the eviction manager's record of the access.
+    pub key: CompactCacheKey,
+}
+
 /// A URL's variants: `None` is the entry stored without variance.
 type Variants = Vec<(Option<HashBinary>, Entry)>;
 
@@ -233,6 +245,26 @@ impl MemStore {
             count += removed.len();
         }
         count
+    }
+
+    /// The URL's response stored without variance, if it is fresh at
+    /// `now` and is one Pingora's hit path would serve just as stored: its
+    /// meta is its own fields (never revalidated), with no `Vary` and no
+    /// epoch override. Anything else is `None`, and the request goes
+    /// through Pingora's cache machinery, which handles every case.
+    pub fn fresh(&self, primary: &HashBinary, now: SystemTime) -> Option<Fresh> {
+        let shard = self.shard(primary).lock();
+        let (_, entry) = shard.get(primary)?.iter().find(|(v, _)| v.is_none())?;
+        let StoredMeta::Fields(fields) = &entry.meta else { return None };
+        let plain = fields.variance.is_none() && fields.epoch_override.is_none();
+        // Pingora's `is_fresh`: fresh up to and including `fresh_until`.
+        (plain && fields.fresh_until >= now).then(|| Fresh {
+            header: entry.header.clone(),
+            body: entry.body.clone(),
+            created: fields.created,
+            fresh_until: fields.fresh_until,
+            key: entry.key.clone(),
+        })
     }
 
     fn with_entry<T>(&self, key: &impl CacheHashKey, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
@@ -439,6 +471,47 @@ mod tests {
         assert_eq!(twice, ["1", "2"]);
         assert_eq!(out.headers.get("content-type").unwrap(), "text/plain");
         assert_eq!(out.headers.len(), 3);
+    }
+
+    #[test]
+    fn only_fresh_entries_that_pingora_would_serve_as_stored_are_fresh() {
+        let store = MemStore::default();
+        let now = SystemTime::now();
+        let secs = Duration::from_secs;
+        let put = |path: &str, meta: &CacheMeta, variance: Option<HashBinary>| {
+            let mut key = crate::http::cache::key("site", "h", path);
+            if let Some(v) = variance {
+                key.set_variance_key(v);
+            }
+            let mut entry = Entry::new(meta, key.to_compact()).unwrap();
+            entry.body = Bytes::from_static(b"body");
+            store.insert(entry);
+        };
+        let fresh = |path: &str| store.fresh(&crate::http::cache::key("site", "h", path).primary_bin(), now);
+        let plain = || CacheMeta::new(now + secs(60), now - secs(5), 0, 0, header());
+        put("/plain", &plain(), None);
+        let hit = fresh("/plain").expect("a fresh plain entry");
+        assert_eq!((&hit.body[..], hit.created, hit.fresh_until), (&b"body"[..], now - secs(5), now + secs(60)));
+        assert_eq!(hit.header.headers.get("content-type").unwrap(), "text/plain");
+        assert_eq!(&*hit.key.user_tag, "site");
+        // Fresh up to and including its last second, as Pingora's `is_fresh`.
+        put("/edge", &CacheMeta::new(now, now - secs(5), 0, 0, header()), None);
+        assert!(fresh("/edge").is_some());
+        put("/stale", &CacheMeta::new(now - secs(1), now - secs(60), 0, 0, header()), None);
+        assert!(fresh("/stale").is_none(), "stale: Pingora serves it stale or revalidates");
+        let mut varied = plain();
+        varied.set_variance_key(*b"0123456789abcdef");
+        put("/varied", &varied, Some(*b"0123456789abcdef"));
+        assert!(fresh("/varied").is_none(), "a variant: Pingora picks it by the request");
+        let mut epoch = plain();
+        epoch.set_epoch_override(now - secs(1));
+        put("/epoch", &epoch, None);
+        assert!(fresh("/epoch").is_none(), "its Age counts from the override");
+        let mut revalidated = CacheMeta::new(now - secs(1), now - secs(60), 0, 0, header());
+        revalidated.update_freshness(now + secs(60), 0, 0);
+        put("/revalidated", &revalidated, None);
+        assert!(fresh("/revalidated").is_none(), "a revalidated meta is Pingora's to decode");
+        assert!(fresh("/absent").is_none());
     }
 
     #[test]
