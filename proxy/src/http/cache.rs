@@ -186,11 +186,11 @@ pub fn plain_get(req: &RequestHeader) -> bool {
 /// it for a hit.
 pub fn fresh_hit_header(
     mut header: ResponseHeader,
-    created: SystemTime,
+    epoch: SystemTime,
     fresh_until: SystemTime,
     now: SystemTime,
 ) -> pingora::Result<ResponseHeader> {
-    let age = now.duration_since(created).unwrap_or_default().as_secs();
+    let age = now.duration_since(epoch).unwrap_or_default().as_secs();
     header.insert_header(http::header::AGE, age)?;
     header.set_version(http::Version::HTTP_11);
     let no_body = matches!(header.status.as_u16(), 204 | 304) || header.status.is_informational();

@@ -172,8 +172,8 @@ impl Proxy {
     /// ([`cache::fresh_hit_header`]) but without its cache machinery (key,
     /// lookup, meta, hit handler, phases): that machinery was a quarter of
     /// a hit's CPU. `false`: the request goes on to Pingora, which handles
-    /// every other case (misses, stale copies, variants, revalidated
-    /// entries, conditional and range requests, `HEAD`).
+    /// every other case (misses, stale copies, variants, conditional and
+    /// range requests, `HEAD`).
     async fn fresh_hit(&self, session: &mut Session, ctx: &mut Ctx, site: &Site) -> Result<bool> {
         let Some(cache) = &self.shared.cache else { return Ok(false) };
         let req = session.req_header();
@@ -188,7 +188,7 @@ impl Proxy {
         }
         let now = std::time::SystemTime::now();
         let Some(hit) = cache.fresh(&primary, now) else { return Ok(false) };
-        let header = cache::fresh_hit_header(hit.header, hit.created, hit.fresh_until, now)?;
+        let header = cache::fresh_hit_header(hit.header, hit.epoch, hit.fresh_until, now)?;
         ctx.cache = Some(Outcome::Hit);
         session.write_response_header(Box::new(header), false).await?;
         session.write_response_body(Some(hit.body), true).await?;

@@ -28,6 +28,9 @@ const SHARDS: usize = 32;
 struct Entry {
     /// Freshness and variance: what a hit needs besides the header.
     meta: StoredMeta,
+    /// What a fresh hit written by edge needs of the meta, when it has no
+    /// variance ([`MemStore::fresh`]).
+    plain: Option<Plain>,
     /// The response header, kept decoded: Pingora serializes it with zstd,
     /// and decompressing it on every hit took 11% of the CPU of serving
     /// hits in a profile.
@@ -60,6 +63,21 @@ impl StoredMeta {
             StoredMeta::Fields(_) => std::mem::size_of::<MetaFields>(),
             StoredMeta::Encoded(internal) => internal.len(),
         }
+    }
+}
+
+/// The times of a meta without variance: until when it is fresh, and
+/// where its `Age` counts from (Pingora's `CacheMeta::epoch`: the epoch
+/// override, else the last update).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Plain {
+    fresh_until: SystemTime,
+    epoch: SystemTime,
+}
+
+impl Plain {
+    fn of(meta: &CacheMeta) -> Option<Plain> {
+        meta.variance().is_none().then(|| Plain { fresh_until: meta.fresh_until(), epoch: meta.epoch() })
     }
 }
 
@@ -107,6 +125,7 @@ impl Entry {
     fn new(meta: &CacheMeta, key: CompactCacheKey) -> Result<Entry> {
         Ok(Entry {
             meta: StoredMeta::of(meta)?,
+            plain: Plain::of(meta),
             header: without_case(meta.response_header())?,
             body: Bytes::new(),
             key,
@@ -134,6 +153,7 @@ impl Entry {
 
     fn set_meta(&mut self, meta: &CacheMeta) -> Result<()> {
         self.meta = StoredMeta::of(meta)?;
+        self.plain = Plain::of(meta);
         self.header = without_case(meta.response_header())?;
         Ok(())
     }
@@ -176,8 +196,9 @@ fn empty_header() -> Result<&'static [u8]> {
 pub struct Fresh {
     pub header: ResponseHeader,
     pub body: Bytes,
-    /// When it was stored: its `Age` counts from here.
-    pub created: SystemTime,
+    /// Where its `Age` counts from: when it was stored or last
+    /// revalidated (or the origin's epoch override).
+    pub epoch: SystemTime,
     pub fresh_until: SystemTime,
     /// Its key, for the eviction manager's record of the access.
     pub key: CompactCacheKey,
@@ -248,21 +269,20 @@ impl MemStore {
     }
 
     /// The URL's response stored without variance, if it is fresh at
-    /// `now` and is one Pingora's hit path would serve just as stored: its
-    /// meta is its own fields (never revalidated), with no `Vary` and no
-    /// epoch override. Anything else is `None`, and the request goes
-    /// through Pingora's cache machinery, which handles every case.
+    /// `now`: one Pingora's hit path would serve as stored. A variant is
+    /// `None` (Pingora picks it by the request's headers), and so is a
+    /// stale or absent one: the request then goes through Pingora's cache
+    /// machinery, which handles every case.
     pub fn fresh(&self, primary: &HashBinary, now: SystemTime) -> Option<Fresh> {
         let shard = self.shard(primary).lock();
         let (_, entry) = shard.get(primary)?.iter().find(|(v, _)| v.is_none())?;
-        let StoredMeta::Fields(fields) = &entry.meta else { return None };
-        let plain = fields.variance.is_none() && fields.epoch_override.is_none();
+        let plain = entry.plain?;
         // Pingora's `is_fresh`: fresh up to and including `fresh_until`.
-        (plain && fields.fresh_until >= now).then(|| Fresh {
+        (plain.fresh_until >= now).then(|| Fresh {
             header: entry.header.clone(),
             body: entry.body.clone(),
-            created: fields.created,
-            fresh_until: fields.fresh_until,
+            epoch: plain.epoch,
+            fresh_until: plain.fresh_until,
             key: entry.key.clone(),
         })
     }
@@ -474,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn only_fresh_entries_that_pingora_would_serve_as_stored_are_fresh() {
+    fn only_fresh_entries_without_variance_are_fresh() {
         let store = MemStore::default();
         let now = SystemTime::now();
         let secs = Duration::from_secs;
@@ -491,7 +511,7 @@ mod tests {
         let plain = || CacheMeta::new(now + secs(60), now - secs(5), 0, 0, header());
         put("/plain", &plain(), None);
         let hit = fresh("/plain").expect("a fresh plain entry");
-        assert_eq!((&hit.body[..], hit.created, hit.fresh_until), (&b"body"[..], now - secs(5), now + secs(60)));
+        assert_eq!((&hit.body[..], hit.epoch, hit.fresh_until), (&b"body"[..], now - secs(5), now + secs(60)));
         assert_eq!(hit.header.headers.get("content-type").unwrap(), "text/plain");
         assert_eq!(&*hit.key.user_tag, "site");
         // Fresh up to and including its last second, as Pingora's `is_fresh`.
@@ -506,11 +526,19 @@ mod tests {
         let mut epoch = plain();
         epoch.set_epoch_override(now - secs(1));
         put("/epoch", &epoch, None);
-        assert!(fresh("/epoch").is_none(), "its Age counts from the override");
+        assert_eq!(fresh("/epoch").map(|h| h.epoch), Some(now - secs(1)), "Age counts from the override");
         let mut revalidated = CacheMeta::new(now - secs(1), now - secs(60), 0, 0, header());
         revalidated.update_freshness(now + secs(60), 0, 0);
         put("/revalidated", &revalidated, None);
-        assert!(fresh("/revalidated").is_none(), "a revalidated meta is Pingora's to decode");
+        let hit = fresh("/revalidated").expect("fresh again after its revalidation");
+        assert_eq!((hit.epoch, hit.fresh_until), (revalidated.updated(), now + secs(60)), "Age counts from then");
+        // Expired in place (as a purge of type expire does): stale from then.
+        store.with_entry(&crate::http::cache::key("site", "h", "/plain"), |e| {
+            let mut meta = e.meta().unwrap();
+            meta.expire_at(now - secs(1));
+            e.set_meta(&meta).unwrap();
+        });
+        assert!(fresh("/plain").is_none());
         assert!(fresh("/absent").is_none());
     }
 
