@@ -99,10 +99,16 @@ struct Reply {
     body: String,
 }
 
-/// One HTTP/1.1 request on a new connection (`Connection: close`).
+/// One HTTP/1.1 GET on a new connection (`Connection: close`).
 async fn get(port: u16, host: &str, path: &str, extra: &[(&str, &str)]) -> std::io::Result<Reply> {
+    request(port, "GET", host, path, extra).await
+}
+
+/// One HTTP/1.1 request without a body on a new connection (`Connection:
+/// close`).
+async fn request(port: u16, method: &str, host: &str, path: &str, extra: &[(&str, &str)]) -> std::io::Result<Reply> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in extra {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -961,6 +967,20 @@ async fn the_cache_hits_revalidates_varies_coalesces_purges_and_serves_stale() {
         (h, r.body.clone())
     };
     assert_eq!(without_clocks(&r), without_clocks(&slow));
+    // The same for HEAD: the GET's header, no body.
+    let head = |extra: &'static [(&'static str, &'static str)]| async move {
+        request(w.port, "HEAD", "blog.test", "/cc/a?cc=max-age=60", extra).await.unwrap()
+    };
+    let (fast_head, slow_head) = (head(&[]).await, head(&[("If-Match", "*")]).await);
+    assert_eq!((fast_head.status, status_of(&fast_head).as_str()), (200, "edge; hit"), "{fast_head:?}");
+    assert_eq!(without_clocks(&fast_head), without_clocks(&slow_head));
+    assert_eq!(without_clocks(&fast_head), (without_clocks(&r).0, String::new()));
+    let ca = w._dir.path().join("var/http/ca.pem");
+    let (code, out) =
+        curl_https(&ca, "blog.test", w.tls_port, "/cc/a?cc=max-age=60", &["--http2", "-I", "-w", "%{size_download}"]);
+    let out = out.to_ascii_lowercase();
+    assert!(code == 0 && out.contains("cache-status: edge; hit") && out.contains("content-length: 34"), "{out}");
+    assert!(out.ends_with("\r\n\r\n0"), "no body over HTTP/2 either: {out:?}");
     // A fresh entry still answers conditional and range requests (through
     // Pingora's hit path).
     let static_page = "/static/page.html?cc=max-age=60";
@@ -973,7 +993,6 @@ async fn the_cache_hits_revalidates_varies_coalesces_purges_and_serves_stale() {
     let part = get(w.port, "blog.test", static_page, &[("Range", "bytes=0-3")]).await.unwrap();
     assert_eq!((part.status, part.body.as_str()), (206, &hit.body[..4]), "{part:?}");
     // HTTPS and HTTP/2 share the entry (the scheme is not in the key).
-    let ca = w._dir.path().join("var/http/ca.pem");
     let (code, out) = curl_https(&ca, "blog.test", w.tls_port, "/cc/a?cc=max-age=60", &["--http2", "-i"]);
     assert!(code == 0 && out.to_ascii_lowercase().contains("cache-status: edge; hit"), "{out}");
     // Not stored: no-store, private, Set-Cookie-less but no freshness.

@@ -167,13 +167,13 @@ fn keyed(site: &str, primary: Vec<u8>, hash: HashBinary) -> CacheKey {
 }
 
 /// Whether a request can take a fresh stored response as it is, without
-/// Pingora's cache machinery ([`Cache::fresh`]): a `GET` with no condition
-/// and no range, which Pingora's hit path would answer with the stored
-/// response unchanged (no 304, no 206). The caller also checks that it has
-/// no body and asks for no upgrade.
-pub fn plain_get(req: &RequestHeader) -> bool {
+/// Pingora's cache machinery ([`Cache::fresh`]): a `GET` or `HEAD` with no
+/// condition and no range, which Pingora's hit path would answer with the
+/// stored response unchanged (no 304, no 206). The caller also checks that
+/// it has no body and asks for no upgrade.
+pub fn plain_read(req: &RequestHeader) -> bool {
     use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE};
-    req.method == http::Method::GET
+    (req.method == http::Method::GET || req.method == http::Method::HEAD)
         && ![RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE]
             .iter()
             .any(|name| req.headers.contains_key(name))
@@ -548,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_gets_take_a_fresh_hit_as_stored() {
+    fn only_plain_reads_take_a_fresh_hit_as_stored() {
         let req = |method: &str, headers: &[(&str, &str)]| {
             let mut r = RequestHeader::build(method, b"/a", None).unwrap();
             for (k, v) in headers {
@@ -556,11 +556,13 @@ mod tests {
             }
             r
         };
-        assert!(plain_get(&req("GET", &[("accept", "*/*"), ("authorization", "x")])));
-        assert!(!plain_get(&req("HEAD", &[])));
-        assert!(!plain_get(&req("POST", &[])));
+        assert!(plain_read(&req("GET", &[("accept", "*/*"), ("authorization", "x")])));
+        assert!(plain_read(&req("HEAD", &[])));
+        assert!(!plain_read(&req("POST", &[])));
+        assert!(!plain_read(&req("OPTIONS", &[])));
         for name in ["range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"] {
-            assert!(!plain_get(&req("GET", &[(name, "x")])), "{name}");
+            assert!(!plain_read(&req("GET", &[(name, "x")])), "{name}");
+            assert!(!plain_read(&req("HEAD", &[(name, "x")])), "{name}");
         }
     }
 

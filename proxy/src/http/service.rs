@@ -167,19 +167,19 @@ impl Proxy {
         Ok(true)
     }
 
-    /// Answers a plain `GET` ([`cache::plain_get`]) from a fresh stored
-    /// response, written here as Pingora's hit path would write it
-    /// ([`cache::fresh_hit_header`]) but without its cache machinery (key,
-    /// lookup, meta, hit handler, phases): that machinery was a quarter of
-    /// a hit's CPU. `false`: the request goes on to Pingora, which handles
-    /// every other case (misses, stale copies, variants, conditional and
-    /// range requests, `HEAD`).
+    /// Answers a plain `GET` or `HEAD` ([`cache::plain_read`]) from a
+    /// fresh stored response, written here as Pingora's hit path would
+    /// write it ([`cache::fresh_hit_header`]) but without its cache
+    /// machinery (key, lookup, meta, hit handler, phases). `false`: the
+    /// request goes on to Pingora, which handles every other case (misses,
+    /// stale copies, variants, conditional and range requests).
     async fn fresh_hit(&self, session: &mut Session, ctx: &mut Ctx, site: &Site) -> Result<bool> {
         let Some(cache) = &self.shared.cache else { return Ok(false) };
         let req = session.req_header();
-        if !site.policy.cache.enabled || !cache::plain_get(req) || session.is_upgrade_req() {
+        if !site.policy.cache.enabled || !cache::plain_read(req) || session.is_upgrade_req() {
             return Ok(false);
         }
+        let head = req.method == http::Method::HEAD;
         let (host, path) = cache_url(req);
         let primary = cache::primary_hash(host, path);
         ctx.primary = Some(primary);
@@ -190,8 +190,10 @@ impl Proxy {
         let Some(hit) = cache.fresh(&primary, now) else { return Ok(false) };
         let header = cache::fresh_hit_header(hit.header, hit.epoch, hit.fresh_until, now)?;
         ctx.cache = Some(Outcome::Hit);
-        session.write_response_header(Box::new(header), false).await?;
-        session.write_response_body(Some(hit.body), true).await?;
+        session.write_response_header(Box::new(header), head).await?;
+        if !head {
+            session.write_response_body(Some(hit.body), true).await?;
+        }
         Ok(true)
     }
 
