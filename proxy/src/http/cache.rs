@@ -109,12 +109,12 @@ impl Cache {
         }
     }
 
-    /// A fresh stored response for the URL whose [`primary_hash`] is
-    /// `primary` (see [`store::MemStore::fresh`]), its use recorded with
-    /// the eviction manager as Pingora records a hit's.
-    pub fn fresh(&self, primary: &HashBinary, now: SystemTime) -> Option<store::Fresh> {
-        let hit = self.store.fresh(primary, now)?;
-        let entry = pingora::cache::CacheEntryKey::from_entry_id(hit.key.clone(), None);
+    /// A fresh stored response for `key` (see [`store::MemStore::fresh`]),
+    /// its use recorded with the eviction manager as Pingora records a
+    /// hit's.
+    pub fn fresh(&self, key: &CacheKey, now: SystemTime) -> Option<store::Fresh> {
+        let hit = self.store.fresh(&key.primary_bin(), now)?;
+        let entry = pingora::cache::CacheEntryKey::from_entry_id(key.to_compact(), None);
         self.eviction.access(&entry, hit.body.len(), hit.fresh_until);
         Some(hit)
     }
@@ -135,78 +135,39 @@ impl Cache {
 /// query, framed by a newline (which neither can hold); the site is the
 /// user tag, for purging a whole site. The backend is not in it.
 pub fn key(site: &str, host: &str, path_and_query: &str) -> CacheKey {
-    let primary = primary(host, path_and_query);
-    let hash = pingora::cache::key::hash_key(&primary);
-    keyed(site, primary, hash)
-}
-
-/// [`key`], with the hash [`primary_hash`] gave for the same host and path.
-pub fn key_with_hash(site: &str, host: &str, path_and_query: &str, hash: HashBinary) -> CacheKey {
-    keyed(site, primary(host, path_and_query), hash)
-}
-
-/// The hash of a URL's [`key`], which the store files it by.
-pub fn primary_hash(host: &str, path_and_query: &str) -> HashBinary {
-    pingora::cache::key::hash_key(primary(host, path_and_query))
-}
-
-fn primary(host: &str, path_and_query: &str) -> Vec<u8> {
     let mut primary = Vec::with_capacity(host.len() + 1 + path_and_query.len());
     primary.extend(host.bytes().map(|b| b.to_ascii_lowercase()));
     primary.push(b'\n');
     primary.extend_from_slice(path_and_query.as_bytes());
-    primary
-}
-
-fn keyed(site: &str, primary: Vec<u8>, hash: HashBinary) -> CacheKey {
     // The same hash Pingora computes, once: it asks for it several times a
     // request (lookup, lock, eviction, predictor).
+    let hash = pingora::cache::key::hash_key(&primary);
     let mut key = CacheKey::new(primary, site);
     key.set_primary_bin_override(hash);
     key
 }
 
-/// Whether a request can take a fresh stored response as it is, without
-/// Pingora's cache machinery ([`Cache::fresh`]): a `GET` or `HEAD` with no
-/// condition and no range, which Pingora's hit path would answer with the
-/// stored response unchanged (no 304, no 206). The caller also checks that
-/// it has no body and asks for no upgrade.
+/// Whether a request can take a fresh stored response without Pingora's
+/// cache machinery ([`Cache::fresh`]): a `GET` or `HEAD` without `Range`
+/// (a range needs Pingora's body filter). Conditions are answered as
+/// Pingora's hit path answers them, by the same filter. The caller also
+/// checks that it has no body and asks for no upgrade.
 pub fn plain_read(req: &RequestHeader) -> bool {
-    use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE};
     (req.method == http::Method::GET || req.method == http::Method::HEAD)
-        && ![RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE]
-            .iter()
-            .any(|name| req.headers.contains_key(name))
+        && !req.headers.contains_key(http::header::RANGE)
 }
 
-/// The header a fresh hit is answered with, made as Pingora's hit path
-/// makes it: the stored header with `Age` (RFC 9111 §4), HTTP/1.1, chunked
-/// framing when it has no `Content-Length`, `Accept-Ranges: bytes` on a 200
-/// of known length; then edge's `Cache-Status`, as [`cache_status`] gives
-/// it for a hit.
-pub fn fresh_hit_header(
-    mut header: ResponseHeader,
-    epoch: SystemTime,
-    fresh_until: SystemTime,
-    now: SystemTime,
-) -> pingora::Result<ResponseHeader> {
+/// A stored header made into a hit's as Pingora's hit path makes it (its
+/// `cache_hit_header` is private): `Age` (RFC 9111 §4), HTTP/1.1, chunked
+/// framing when it has no `Content-Length`.
+pub fn hit_header(mut header: ResponseHeader, epoch: SystemTime, now: SystemTime) -> pingora::Result<ResponseHeader> {
     let age = now.duration_since(epoch).unwrap_or_default().as_secs();
     header.insert_header(http::header::AGE, age)?;
     header.set_version(http::Version::HTTP_11);
     let no_body = matches!(header.status.as_u16(), 204 | 304) || header.status.is_informational();
-    let length = header.headers.get(http::header::CONTENT_LENGTH);
-    let ranges = header.status == http::StatusCode::OK
-        && length.and_then(|v| v.to_str().ok()).is_some_and(|v| v.parse::<usize>().is_ok());
-    if !no_body && length.is_none() {
+    if !no_body && !header.headers.contains_key(http::header::CONTENT_LENGTH) {
         header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
-    // Pingora's range filter: a 200 of known length could be served in
-    // ranges (it then says so, as nginx does).
-    if ranges {
-        header.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
-    }
-    let status = cache_status(Outcome::Hit, Some(ttl_until(fresh_until, now)), false);
-    header.insert_header("cache-status", status.into_owned())?;
     Ok(header)
 }
 
@@ -435,7 +396,8 @@ pub fn ttl(meta: &CacheMeta, now: SystemTime) -> i64 {
     ttl_until(meta.fresh_until(), now)
 }
 
-fn ttl_until(until: SystemTime, now: SystemTime) -> i64 {
+/// Remaining freshness until `until`, as [`ttl`].
+pub fn ttl_until(until: SystemTime, now: SystemTime) -> i64 {
     match until.duration_since(now) {
         Ok(left) => left.as_secs() as i64,
         Err(past) => -(past.duration().as_secs() as i64) - 1,
@@ -548,7 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_reads_take_a_fresh_hit_as_stored() {
+    fn only_reads_without_a_range_take_a_fresh_hit() {
         let req = |method: &str, headers: &[(&str, &str)]| {
             let mut r = RequestHeader::build(method, b"/a", None).unwrap();
             for (k, v) in headers {
@@ -560,30 +522,29 @@ mod tests {
         assert!(plain_read(&req("HEAD", &[])));
         assert!(!plain_read(&req("POST", &[])));
         assert!(!plain_read(&req("OPTIONS", &[])));
-        for name in ["range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"] {
-            assert!(!plain_read(&req("GET", &[(name, "x")])), "{name}");
-            assert!(!plain_read(&req("HEAD", &[(name, "x")])), "{name}");
+        assert!(!plain_read(&req("GET", &[("range", "bytes=0-1")])));
+        assert!(!plain_read(&req("HEAD", &[("range", "bytes=0-1")])));
+        // Conditions are answered by Pingora's filter, on either path.
+        for name in ["if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"] {
+            assert!(plain_read(&req("GET", &[(name, "x")])), "{name}");
+            assert!(plain_read(&req("HEAD", &[(name, "x")])), "{name}");
         }
     }
 
     #[test]
-    fn a_fresh_hit_has_age_framing_and_cache_status() {
+    fn a_hit_header_has_age_and_framing() {
         let now = SystemTime::now();
         let created = now - Duration::from_secs(7);
-        let until = now + Duration::from_secs(53);
-        let h = fresh_hit_header(resp(200, &[("content-length", "4")]), created, until, now).unwrap();
+        let h = hit_header(resp(200, &[("content-length", "4")]), created, now).unwrap();
         assert_eq!(h.headers.get("age").unwrap(), "7");
-        assert_eq!(h.headers.get("cache-status").unwrap(), "edge; hit; ttl=53");
-        assert_eq!(h.headers.get("accept-ranges").unwrap(), "bytes");
         assert!(!h.headers.contains_key("transfer-encoding"));
         assert_eq!(h.version, http::Version::HTTP_11);
-        let h = fresh_hit_header(resp(200, &[]), created, until, now).unwrap();
+        let h = hit_header(resp(200, &[]), created, now).unwrap();
         assert_eq!(h.headers.get("transfer-encoding").unwrap(), "chunked", "no length: chunked, as Pingora");
-        assert!(!h.headers.contains_key("accept-ranges"), "no length, no ranges");
-        let h = fresh_hit_header(resp(404, &[("content-length", "4")]), created, until, now).unwrap();
-        assert!(!h.headers.contains_key("accept-ranges"), "only a 200 is served in ranges");
-        let h = fresh_hit_header(resp(204, &[]), created, until, now).unwrap();
+        let h = hit_header(resp(204, &[]), created, now).unwrap();
         assert!(!h.headers.contains_key("transfer-encoding"), "204 has no body");
+        assert_eq!(ttl_until(now + Duration::from_secs(53), now), 53);
+        assert_eq!(ttl_until(now - Duration::from_millis(500), now), -1, "stale: negative");
     }
 
     #[test]

@@ -71,9 +71,9 @@ pub struct Ctx {
     /// each attempt counts from 0.
     body_limit: u64,
     body_sent: u64,
-    /// The hash of the request's cache key, once computed (for the fresh
-    /// hit, then for Pingora's cache machinery).
-    primary: Option<pingora::cache::key::HashBinary>,
+    /// The request's cache key, made for the fresh hit and handed on to
+    /// Pingora's cache machinery if the request goes on.
+    cache_key: Option<pingora::cache::CacheKey>,
 }
 
 fn client_ip(session: &Session) -> IpAddr {
@@ -108,10 +108,6 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
-/// The size of a request header as HTTP/1.1 writes it: the request line,
-/// each field as `name: value` and its line end, and the blank line. An
-/// HTTP/2 request is measured the same way (its pseudo-header fields make
-/// the request line).
 /// The host and path with query that a request's cache key is made of.
 fn cache_url(req: &RequestHeader) -> (&str, &str) {
     let host = request_host(req).and_then(router::host_of).unwrap_or("");
@@ -119,6 +115,10 @@ fn cache_url(req: &RequestHeader) -> (&str, &str) {
     (host.trim_end_matches('.'), path)
 }
 
+/// The size of a request header as HTTP/1.1 writes it: the request line,
+/// each field as `name: value` and its line end, and the blank line. An
+/// HTTP/2 request is measured the same way (its pseudo-header fields make
+/// the request line).
 fn header_bytes(req: &RequestHeader) -> usize {
     let target =
         req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + req.uri.authority().map_or(0, |a| a.as_str().len());
@@ -167,31 +167,38 @@ impl Proxy {
         Ok(true)
     }
 
-    /// Answers a plain `GET` or `HEAD` ([`cache::plain_read`]) from a
-    /// fresh stored response, written here as Pingora's hit path would
-    /// write it ([`cache::fresh_hit_header`]) but without its cache
-    /// machinery (key, lookup, meta, hit handler, phases). `false`: the
-    /// request goes on to Pingora, which handles every other case (misses,
-    /// stale copies, variants, conditional and range requests).
-    async fn fresh_hit(&self, session: &mut Session, ctx: &mut Ctx, site: &Site) -> Result<bool> {
-        let Some(cache) = &self.shared.cache else { return Ok(false) };
+    /// Answers a `GET` or `HEAD` without `Range` ([`cache::plain_read`])
+    /// from a fresh stored response, as Pingora's hit path would answer it
+    /// (the hit header, then the same conditional and range filters) but
+    /// without its cache machinery (lookup, meta, hit handler, phases).
+    /// `false`: the request goes on to Pingora, which handles every other
+    /// case (misses, stale copies, variants, ranges).
+    async fn fresh_hit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let (Some(cache), Some(site)) = (&self.shared.cache, &ctx.site) else { return Ok(false) };
         let req = session.req_header();
         if !site.policy.cache.enabled || !cache::plain_read(req) || session.is_upgrade_req() {
             return Ok(false);
         }
         let head = req.method == http::Method::HEAD;
         let (host, path) = cache_url(req);
-        let primary = cache::primary_hash(host, path);
-        ctx.primary = Some(primary);
-        if !session.is_body_empty() {
-            return Ok(false);
-        }
+        let key = cache::key(&site.name, host, path);
         let now = std::time::SystemTime::now();
-        let Some(hit) = cache.fresh(&primary, now) else { return Ok(false) };
-        let header = cache::fresh_hit_header(hit.header, hit.epoch, hit.fresh_until, now)?;
+        let hit = if session.is_body_empty() { cache.fresh(&key, now) } else { None };
+        ctx.cache_key = Some(key);
+        let Some(hit) = hit else { return Ok(false) };
+        let mut header = cache::hit_header(hit.header, hit.epoch, now)?;
+        let not_modified = self.cache_not_modified_filter(session, &header, ctx).unwrap_or(false);
+        if not_modified {
+            pingora::protocols::http::conditional_filter::to_304(&mut header);
+        }
+        // No `Range` here: this only says `Accept-Ranges` where it applies.
+        self.range_header_filter(session, &mut header, ctx);
+        let status = cache::cache_status(Outcome::Hit, Some(cache::ttl_until(hit.fresh_until, now)), false);
+        header.insert_header("cache-status", status.into_owned())?;
         ctx.cache = Some(Outcome::Hit);
-        session.write_response_header(Box::new(header), head).await?;
-        if !head {
+        let header_only = head || not_modified;
+        session.write_response_header(Box::new(header), header_only).await?;
+        if !header_only {
             session.write_response_body(Some(hit.body), true).await?;
         }
         Ok(true)
@@ -239,7 +246,7 @@ impl ProxyHttp for Proxy {
             _at_backend: None,
             body_limit: 0,
             body_sent: 0,
-            primary: None,
+            cache_key: None,
         }
     }
 
@@ -303,13 +310,9 @@ impl ProxyHttp for Proxy {
                         return self.page(session, ctx, Page::TooManyRequests).await;
                     }
                 }
-                if self.fresh_hit(session, ctx, &site).await? {
-                    ctx.site = Some(site);
-                    return Ok(true);
-                }
                 ctx.site = Some(site);
                 ctx.snapshot = Some(snapshot);
-                Ok(false)
+                self.fresh_hit(session, ctx).await
             }
             Decision::Redirect(url) => self.redirect(session, ctx, "redirect", 301, url).await,
             Decision::Page(page) => self.page(session, ctx, page).await,
@@ -392,12 +395,12 @@ impl ProxyHttp for Proxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<pingora::cache::CacheKey> {
+        if let Some(key) = ctx.cache_key.take() {
+            return Ok(key);
+        }
         let site = ctx.site.as_ref().map_or("", |s| &*s.name);
         let (host, path) = cache_url(session.req_header());
-        Ok(match ctx.primary {
-            Some(hash) => cache::key_with_hash(site, host, path, hash),
-            None => cache::key(site, host, path),
-        })
+        Ok(cache::key(site, host, path))
     }
 
     fn response_cache_filter(

@@ -200,8 +200,6 @@ pub struct Fresh {
     /// revalidated (or the origin's epoch override).
     pub epoch: SystemTime,
     pub fresh_until: SystemTime,
-    /// Its key, for the eviction manager's record of the access.
-    pub key: CompactCacheKey,
 }
 
 /// A URL's variants: `None` is the entry stored without variance.
@@ -283,7 +281,6 @@ impl MemStore {
             body: entry.body.clone(),
             epoch: plain.epoch,
             fresh_until: plain.fresh_until,
-            key: entry.key.clone(),
         })
     }
 
@@ -513,7 +510,6 @@ mod tests {
         let hit = fresh("/plain").expect("a fresh plain entry");
         assert_eq!((&hit.body[..], hit.epoch, hit.fresh_until), (&b"body"[..], now - secs(5), now + secs(60)));
         assert_eq!(hit.header.headers.get("content-type").unwrap(), "text/plain");
-        assert_eq!(&*hit.key.user_tag, "site");
         // Fresh up to and including its last second, as Pingora's `is_fresh`.
         put("/edge", &CacheMeta::new(now, now - secs(5), 0, 0, header()), None);
         assert!(fresh("/edge").is_some());
