@@ -1,0 +1,106 @@
+//! Pingora's floor: the cheapest answers Pingora can give, to measure what
+//! edge's HTTP rows can reach on the engine the design prescribes.
+//!
+//! A bare Pingora proxy service, built as edge builds its own (one worker
+//! thread, one single-threaded runtime, mimalloc), with nothing of edge's:
+//! no routing, cache, limits, timeouts, metrics, logs or headers of its own.
+//!
+//! - A request whose path starts with `/nocache/` is proxied to the origin
+//!   (`--origin`, HTTP/1.1 over Pingora's keepalive pool): what that costs
+//!   bounds edge's uncached rows.
+//! - Any other request is answered from `request_filter` with a fixed body
+//!   (100 KiB when the path has `100k` in it, else 1 KiB) and the header a
+//!   cached answer carries, without looking anything up: what that costs is
+//!   what Pingora's HTTP/1 session (or Pingora and the `h2` crate over
+//!   Pingora's rustls listener, for HTTP/2) costs an answer, which bounds
+//!   edge's cache-hit rows, whatever edge's cache does.
+//!
+//! So `../shared/bench/http-peers.sh` can run it as its extra column, as
+//! `scripts/bench-floor.sh` does; docs/benchmarks.md, "Bare Pingora", has
+//! what it measured.
+//!
+//! Usage: `pingora_floor --origin ADDR HTTP_ADDR [TLS_ADDR CERT KEY]`.
+//! A measuring tool, not part of edge.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The largest answer's body (the bench's `/cache/100k.bin`).
+static BODY: [u8; 102_400] = [b'x'; 102_400];
+
+struct Floor {
+    origin: String,
+}
+
+#[async_trait]
+impl ProxyHttp for Floor {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        let path = session.req_header().uri.path();
+        if path.starts_with("/nocache/") {
+            return Ok(false);
+        }
+        let len = if path.contains("100k") { BODY.len() } else { 1024 };
+        let mut header = ResponseHeader::build(200, Some(8))?;
+        header.insert_header("server", "floor")?;
+        header.insert_header("date", "Sun, 06 Dec 2026 10:00:00 GMT")?;
+        header.insert_header("content-type", "application/octet-stream")?;
+        header.insert_header("content-length", len.to_string())?;
+        header.insert_header("last-modified", "Sun, 06 Dec 2026 08:00:00 GMT")?;
+        header.insert_header("etag", "\"6753f0a0-400\"")?;
+        header.insert_header("cache-control", "public, max-age=3600")?;
+        header.insert_header("accept-ranges", "bytes")?;
+        header.insert_header("age", "0")?;
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(header), head).await?;
+        if !head {
+            session.write_response_body(Some(Bytes::from_static(&BODY[..len])), true).await?;
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.origin.as_str(), false, String::new())))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (origin, plain, tls) = match args.as_slice() {
+        [flag, origin, plain] if flag == "--origin" => (origin.clone(), plain.clone(), None),
+        [flag, origin, plain, tls, cert, key] if flag == "--origin" => {
+            (origin.clone(), plain.clone(), Some((tls.clone(), cert.clone(), key.clone())))
+        }
+        _ => {
+            eprintln!("usage: pingora_floor --origin ADDR HTTP_ADDR [TLS_ADDR CERT KEY]");
+            std::process::exit(2);
+        }
+    };
+    let conf = ServerConf { threads: 1, work_stealing: false, ..ServerConf::default() };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = pingora::proxy::http_proxy_service(&server.configuration, Floor { origin });
+    service.add_tcp(&plain);
+    if let Some((addr, cert, key)) = tls {
+        let mut settings = match pingora::listeners::tls::TlsSettings::intermediate(&cert, &key) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pingora_floor: {cert}, {key}: {e}");
+                std::process::exit(1);
+            }
+        };
+        settings.enable_h2();
+        service.add_tls_with_settings(&addr, None, settings);
+    }
+    server.add_service(service);
+    server.run_forever();
+}
