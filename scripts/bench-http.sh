@@ -15,19 +15,35 @@
 # caches it (`default_ttl_secs`, the origin's /hs has no freshness of its
 # own), so the origin answers it once.
 #
-# Usage: scripts/bench-http.sh [extra http-peers.sh options], e.g.
+# With --pingora-floor first, the extra column is a bare Pingora service
+# instead of edge (`proxy/examples/pingora_floor.rs`): built as edge is
+# (one worker thread, single-threaded runtime, mimalloc), with none of
+# edge's code. It proxies /nocache/* to the origin and answers every other
+# request itself with a fixed body of the asked size, looking nothing up:
+# its rows bound what edge can reach on Pingora, uncached and on hits.
+# HTTPS through Pingora's own rustls listener (HTTP/2 by ALPN), with the
+# same certificate; it has no full-handshake port (docs/benchmarks.md,
+# "Bare Pingora").
+#
+# Usage: scripts/bench-http.sh [--pingora-floor] [extra http-peers.sh options], e.g.
 #   scripts/bench-http.sh --rounds 3 --duration 10
 # Installs the peers and load generators when missing (as root). The edge's
 # files live in a temporary directory, removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+floor=0
+if [[ "${1:-}" == --pingora-floor ]]; then floor=1; shift; fi
 peers=../shared/bench/http-peers.sh
 [ -x "$peers" ] || { echo "bench-http: $peers not found (the shared bench scripts)" >&2; exit 1; }
 for pkg in nginx-light haproxy varnish wrk nghttp2-client; do
     dpkg -s "$pkg" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y "$pkg" >/dev/null
 done
-cargo build --release --locked --bins -q
-edge_bin="${CARGO_TARGET_DIR:-$PWD/target}/release/edge"
+if ((floor)); then
+    cargo build --release --locked --example pingora_floor -q
+else
+    cargo build --release --locked --bins -q
+fi
+bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/release"
 dir=$(mktemp -d /tmp/edge-bench-http.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 cat > "$dir/routes.json" <<JSON
@@ -68,5 +84,10 @@ cert_dir = "$dir/certs"
 threads = 1
 default_site = "bench"
 TOML
-"$peers" --extra-name edge --extra-port 18090 --extra-tls-port 18490 --extra-hs-full-port 18491 \
-    --extra-cmd "$edge_bin --config $dir/edge.toml" "$@"
+if ((floor)); then
+    "$peers" --extra-name pingora-floor --extra-port 18090 --extra-tls-port 18490 \
+        --extra-cmd "$bin_dir/examples/pingora_floor --origin 127.0.0.1:18080 127.0.0.1:18090 127.0.0.1:18490 $dir/certs/localhost.crt $dir/certs/localhost.key" "$@"
+else
+    "$peers" --extra-name edge --extra-port 18090 --extra-tls-port 18490 --extra-hs-full-port 18491 \
+        --extra-cmd "$bin_dir/edge --config $dir/edge.toml" "$@"
+fi

@@ -16,7 +16,7 @@
 //!   edge's cache-hit rows, whatever edge's cache does.
 //!
 //! So `../shared/bench/http-peers.sh` can run it as its extra column, as
-//! `scripts/bench-floor.sh` does; docs/benchmarks.md, "Bare Pingora", has
+//! `scripts/bench-http.sh --pingora-floor` does; docs/benchmarks.md, "Bare Pingora", has
 //! what it measured.
 //!
 //! Usage: `pingora_floor --origin ADDR HTTP_ADDR [TLS_ADDR CERT KEY]`.
