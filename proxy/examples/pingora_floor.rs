@@ -19,8 +19,11 @@
 //! `scripts/bench-http.sh --pingora-floor` does; docs/benchmarks.md, "Bare Pingora", has
 //! what it measured.
 //!
-//! Usage: `pingora_floor --origin ADDR HTTP_ADDR [TLS_ADDR CERT KEY]`.
-//! A measuring tool, not part of edge.
+//! `--serve HTTP_ADDR` instead answers every request with the same fixed
+//! answers from Pingora's plain HTTP app (`ServeHttp`), with no proxy.
+//!
+//! Usage: `pingora_floor --origin ADDR HTTP_ADDR [TLS_ADDR CERT KEY]` or
+//! `pingora_floor --serve HTTP_ADDR`. A measuring tool, not part of edge.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -73,34 +76,63 @@ impl ProxyHttp for Floor {
     }
 }
 
+/// `--serve`: the same fixed answers from Pingora's plain HTTP app
+/// (`ServeHttp`), without the proxy's request path, to see whether that
+/// path is what costs (it was not: docs/benchmarks.md, "Bare Pingora").
+struct Serve;
+
+#[async_trait]
+impl pingora::apps::http_app::ServeHttp for Serve {
+    async fn response(&self, session: &mut pingora::protocols::http::ServerSession) -> http::Response<Vec<u8>> {
+        let len = if session.req_header().uri.path().contains("100k") { BODY.len() } else { 1024 };
+        http::Response::builder()
+            .status(200)
+            .header("server", "floor")
+            .header("content-type", "application/octet-stream")
+            .header("content-length", len)
+            .header("last-modified", "Sun, 06 Dec 2026 08:00:00 GMT")
+            .header("etag", "\"6753f0a0-400\"")
+            .header("cache-control", "public, max-age=3600")
+            .header("accept-ranges", "bytes")
+            .header("age", "0")
+            .body(BODY[..len].to_vec())
+            .unwrap_or_default()
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (origin, plain, tls) = match args.as_slice() {
-        [flag, origin, plain] if flag == "--origin" => (origin.clone(), plain.clone(), None),
-        [flag, origin, plain, tls, cert, key] if flag == "--origin" => {
-            (origin.clone(), plain.clone(), Some((tls.clone(), cert.clone(), key.clone())))
-        }
-        _ => {
-            eprintln!("usage: pingora_floor --origin ADDR HTTP_ADDR [TLS_ADDR CERT KEY]");
-            std::process::exit(2);
-        }
-    };
     let conf = ServerConf { threads: 1, work_stealing: false, ..ServerConf::default() };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora::proxy::http_proxy_service(&server.configuration, Floor { origin });
-    service.add_tcp(&plain);
-    if let Some((addr, cert, key)) = tls {
-        let mut settings = match pingora::listeners::tls::TlsSettings::intermediate(&cert, &key) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("pingora_floor: {cert}, {key}: {e}");
-                std::process::exit(1);
+    match args.as_slice() {
+        [flag, plain] if flag == "--serve" => {
+            let app = pingora::apps::http_app::HttpServer::new_app(Serve);
+            let mut service = pingora::services::listening::Service::new("floor".into(), app);
+            service.add_tcp(plain);
+            server.add_service(service);
+        }
+        [flag, origin, plain, tls @ ..] if flag == "--origin" && (tls.is_empty() || tls.len() == 3) => {
+            let mut service =
+                pingora::proxy::http_proxy_service(&server.configuration, Floor { origin: origin.clone() });
+            service.add_tcp(plain);
+            if let [addr, cert, key] = tls {
+                let mut settings = match pingora::listeners::tls::TlsSettings::intermediate(cert, key) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("pingora_floor: {cert}, {key}: {e}");
+                        std::process::exit(1);
+                    }
+                };
+                settings.enable_h2();
+                service.add_tls_with_settings(addr, None, settings);
             }
-        };
-        settings.enable_h2();
-        service.add_tls_with_settings(&addr, None, settings);
+            server.add_service(service);
+        }
+        _ => {
+            eprintln!("usage: pingora_floor --origin ADDR HTTP_ADDR [TLS_ADDR CERT KEY] | --serve HTTP_ADDR");
+            std::process::exit(2);
+        }
     }
-    server.add_service(service);
     server.run_forever();
 }
