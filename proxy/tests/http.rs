@@ -953,6 +953,25 @@ async fn the_cache_hits_revalidates_varies_coalesces_purges_and_serves_stale() {
     assert!(r.headers.contains_key("age"), "{r:?}");
     assert!(r.body.starts_with("b1 cached uri=/cc/a"), "{r:?}");
     assert_eq!(origin(&w), n + 1);
+    // The site's cache switched off: the stored copy is not served, by edge's
+    // fresh hit nor by Pingora's hit path (a `Range` request), and nothing
+    // is stored; switched on again, the copy is there.
+    let p1 = w.origins[0].port;
+    let blog = |cache: bool| {
+        json!([{"op": "put", "entity": {"kind": "site", "name": "blog", "hosts": ["blog.test", "*.blog.test"],
+            "aliases": ["www.blog.test"], "backends": [{"backend": "b1", "port": p1}],
+            "policy": {"cache": {"enabled": cache}}}}])
+    };
+    w.apply(blog(false)).await;
+    let r = w.get("blog.test", "/cc/a?cc=max-age=60").await;
+    assert_eq!((r.status, status_of(&r).as_str()), (200, "edge; fwd=bypass"), "cache off: {r:?}");
+    let r = get(w.port, "blog.test", "/cc/a?cc=max-age=60", &[("Range", "items=0-1")]).await.unwrap();
+    assert_eq!((r.status, status_of(&r).as_str()), (200, "edge; fwd=bypass"), "cache off: {r:?}");
+    assert_eq!(origin(&w), n + 3, "both went to the origin");
+    w.apply(blog(true)).await;
+    let r = w.get("blog.test", "/cc/a?cc=max-age=60").await;
+    assert_eq!(status_of(&r), "edge; hit", "cache on again: {r:?}");
+    assert_eq!(origin(&w), n + 3);
     // Edge writes a fresh hit itself; Pingora's hit path answers one it
     // does not take (a `Range` of a unit Pingora ignores).
     // Both give the same response, the clocks aside (Age, the ttl, and

@@ -153,8 +153,12 @@ pub fn key(site: &str, host: &str, path_and_query: &str) -> CacheKey {
 /// Pingora's hit path answers them, by the same filter. The caller also
 /// checks that it has no body and asks for no upgrade.
 pub fn plain_read(req: &RequestHeader) -> bool {
-    (req.method == http::Method::GET || req.method == http::Method::HEAD)
-        && !req.headers.contains_key(http::header::RANGE)
+    read_method(&req.method) && !req.headers.contains_key(http::header::RANGE)
+}
+
+/// The methods whose answers the cache stores and serves: `GET` and `HEAD`.
+pub fn read_method(method: &http::Method) -> bool {
+    method == http::Method::GET || method == http::Method::HEAD
 }
 
 /// A stored header made into a hit's as Pingora's hit path makes it (its

@@ -76,6 +76,13 @@ pub struct Ctx {
     cache_key: Option<pingora::cache::CacheKey>,
 }
 
+/// Whether the site's cache takes part in the request: Pingora's cache
+/// machinery is switched on for it (`request_cache_filter`), and only then
+/// may a fresh hit answer it (`fresh_hit`).
+fn uses_cache(session: &Session, site: &Site) -> bool {
+    site.policy.cache.enabled && cache::read_method(&session.req_header().method) && !session.is_upgrade_req()
+}
+
 fn client_ip(session: &Session) -> IpAddr {
     session.client_addr().and_then(|a| a.as_inet()).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
 }
@@ -176,7 +183,7 @@ impl Proxy {
     async fn fresh_hit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let (Some(cache), Some(site)) = (&self.shared.cache, &ctx.site) else { return Ok(false) };
         let req = session.req_header();
-        if !site.policy.cache.enabled || !cache::plain_read(req) || session.is_upgrade_req() {
+        if !uses_cache(session, site) || !cache::plain_read(req) {
             return Ok(false);
         }
         let head = req.method == http::Method::HEAD;
@@ -385,9 +392,7 @@ impl ProxyHttp for Proxy {
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let (Some(cache), Some(site)) = (&self.shared.cache, &ctx.site) else { return Ok(()) };
-        let method = &session.req_header().method;
-        let cacheable = method == http::Method::GET || method == http::Method::HEAD;
-        if site.policy.cache.enabled && cacheable && !session.is_upgrade_req() {
+        if uses_cache(session, site) {
             session.cache.enable(cache.store, Some(cache.eviction), Some(cache.predictor), Some(cache.lock), None);
             session.cache.set_max_file_size_bytes(cache.max_object);
         }
