@@ -37,6 +37,27 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The largest answer's body (the bench's `/cache/100k.bin`).
 static BODY: [u8; 102_400] = [b'x'; 102_400];
 
+/// The header of every fixed answer, a cached answer's, bar its length.
+const HEADERS: [(&str, &str); 8] = [
+    ("server", "floor"),
+    ("date", "Sun, 06 Dec 2026 10:00:00 GMT"),
+    ("content-type", "application/octet-stream"),
+    ("last-modified", "Sun, 06 Dec 2026 08:00:00 GMT"),
+    ("etag", "\"6753f0a0-400\""),
+    ("cache-control", "public, max-age=3600"),
+    ("accept-ranges", "bytes"),
+    ("age", "0"),
+];
+
+/// The fixed answer's body length for a path.
+fn body_len(path: &str) -> usize {
+    if path.contains("100k") {
+        BODY.len()
+    } else {
+        1024
+    }
+}
+
 struct Floor {
     origin: String,
 }
@@ -52,17 +73,12 @@ impl ProxyHttp for Floor {
         if path.starts_with("/nocache/") {
             return Ok(false);
         }
-        let len = if path.contains("100k") { BODY.len() } else { 1024 };
-        let mut header = ResponseHeader::build(200, Some(8))?;
-        header.insert_header("server", "floor")?;
-        header.insert_header("date", "Sun, 06 Dec 2026 10:00:00 GMT")?;
-        header.insert_header("content-type", "application/octet-stream")?;
-        header.insert_header("content-length", len.to_string())?;
-        header.insert_header("last-modified", "Sun, 06 Dec 2026 08:00:00 GMT")?;
-        header.insert_header("etag", "\"6753f0a0-400\"")?;
-        header.insert_header("cache-control", "public, max-age=3600")?;
-        header.insert_header("accept-ranges", "bytes")?;
-        header.insert_header("age", "0")?;
+        let len = body_len(path);
+        let mut header = ResponseHeader::build(200, Some(HEADERS.len() + 1))?;
+        for (name, value) in HEADERS {
+            header.insert_header(name, value)?;
+        }
+        header.insert_header("content-length", len)?;
         let head = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(header), head).await?;
         if !head {
@@ -84,40 +100,57 @@ struct Serve;
 #[async_trait]
 impl pingora::apps::http_app::ServeHttp for Serve {
     async fn response(&self, session: &mut pingora::protocols::http::ServerSession) -> http::Response<Vec<u8>> {
-        let len = if session.req_header().uri.path().contains("100k") { BODY.len() } else { 1024 };
-        http::Response::builder()
-            .status(200)
-            .header("server", "floor")
-            .header("content-type", "application/octet-stream")
-            .header("content-length", len)
-            .header("last-modified", "Sun, 06 Dec 2026 08:00:00 GMT")
-            .header("etag", "\"6753f0a0-400\"")
-            .header("cache-control", "public, max-age=3600")
-            .header("accept-ranges", "bytes")
-            .header("age", "0")
-            .body(BODY[..len].to_vec())
-            .unwrap_or_default()
+        let len = body_len(session.req_header().uri.path());
+        let mut answer = http::Response::builder().status(200).header("content-length", len);
+        for (name, value) in HEADERS {
+            answer = answer.header(name, value);
+        }
+        answer.body(BODY[..len].to_vec()).unwrap_or_default()
+    }
+}
+
+/// What to run, from the command line.
+enum Mode {
+    Proxy { origin: String, plain: String, tls: Option<[String; 3]> },
+    Serve { plain: String },
+}
+
+fn mode(args: &[String]) -> Option<Mode> {
+    match args {
+        [flag, plain] if flag == "--serve" => Some(Mode::Serve { plain: plain.clone() }),
+        [flag, origin, plain] if flag == "--origin" => {
+            Some(Mode::Proxy { origin: origin.clone(), plain: plain.clone(), tls: None })
+        }
+        [flag, origin, plain, addr, cert, key] if flag == "--origin" => Some(Mode::Proxy {
+            origin: origin.clone(),
+            plain: plain.clone(),
+            tls: Some([addr.clone(), cert.clone(), key.clone()]),
+        }),
+        _ => None,
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(mode) = mode(&args) else {
+        eprintln!("usage: pingora_floor --origin ADDR HTTP_ADDR [TLS_ADDR CERT KEY] | --serve HTTP_ADDR");
+        std::process::exit(2);
+    };
     let conf = ServerConf { threads: 1, work_stealing: false, ..ServerConf::default() };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    match args.as_slice() {
-        [flag, plain] if flag == "--serve" => {
+    match mode {
+        Mode::Serve { plain } => {
             let app = pingora::apps::http_app::HttpServer::new_app(Serve);
             let mut service = pingora::services::listening::Service::new("floor".into(), app);
-            service.add_tcp(plain);
+            service.add_tcp(&plain);
             server.add_service(service);
         }
-        [flag, origin, plain, tls @ ..] if flag == "--origin" && (tls.is_empty() || tls.len() == 3) => {
-            let mut service =
-                pingora::proxy::http_proxy_service(&server.configuration, Floor { origin: origin.clone() });
-            service.add_tcp(plain);
-            if let [addr, cert, key] = tls {
-                let mut settings = match pingora::listeners::tls::TlsSettings::intermediate(cert, key) {
+        Mode::Proxy { origin, plain, tls } => {
+            let mut service = pingora::proxy::http_proxy_service(&server.configuration, Floor { origin });
+            service.add_tcp(&plain);
+            if let Some([addr, cert, key]) = tls {
+                let mut settings = match pingora::listeners::tls::TlsSettings::intermediate(&cert, &key) {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!("pingora_floor: {cert}, {key}: {e}");
@@ -125,13 +158,9 @@ fn main() {
                     }
                 };
                 settings.enable_h2();
-                service.add_tls_with_settings(addr, None, settings);
+                service.add_tls_with_settings(&addr, None, settings);
             }
             server.add_service(service);
-        }
-        _ => {
-            eprintln!("usage: pingora_floor --origin ADDR HTTP_ADDR [TLS_ADDR CERT KEY] | --serve HTTP_ADDR");
-            std::process::exit(2);
         }
     }
     server.run_forever();
